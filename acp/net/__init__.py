@@ -1,0 +1,1 @@
+"""The shell: sockets, tasks, time and the one zeroconf thread."""

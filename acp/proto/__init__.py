@@ -1,0 +1,1 @@
+"""The sans-I/O core: bytes in, values out. No trio, sockets, clocks or threads in here."""

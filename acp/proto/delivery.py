@@ -1,0 +1,222 @@
+"""Delivery bookkeeping (PROTOCOL.md §7) as plain objects: outbox, seen-id window, inbox.
+
+Nothing here reads a clock: every method that cares about time takes ``now`` (seconds, any epoch).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Iterable
+from typing import Generic, TypeVar
+
+import attrs
+
+OUTBOX_TTL = 300.0  # seconds an un-ACKed envelope is kept
+OUTBOX_LIMIT = 1000  # un-ACKed envelopes kept per peer
+INBOX_LIMIT = 1000  # envelopes kept for a client that is not subscribed
+SEEN_WINDOW = 600.0  # seconds a (from, id) pair is remembered
+SEEN_LIMIT = 200_000  # pairs remembered at most, oldest forgotten first
+
+T = TypeVar("T")
+
+
+@attrs.define(eq=False)
+class OutboxEntry:
+    """One envelope waiting for its peer's ACK. ``origin`` identifies the IPC connection."""
+
+    id: str
+    wire: bytes
+    urgent: bool
+    deadline: float
+    seq: int = 0
+    origin: object = None
+
+
+class OutboxFull(Exception):
+    """The peer's outbox is at its bound; the sender is told ``outbox_full``."""
+
+
+class Outbox:
+    """Un-ACKed envelopes for one peer.
+
+    Order: what was sent and not ACKed is resent first after a reconnect, in the order first sent;
+    then urgent delegates; then everything else, first in first out.
+    """
+
+    def __init__(self, *, limit: int = OUTBOX_LIMIT, ttl: float = OUTBOX_TTL) -> None:
+        self.limit = limit
+        self.ttl = ttl
+        self._seq = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        self._resend: deque[OutboxEntry] = deque()
+        self._urgent: deque[OutboxEntry] = deque()
+        self._normal: deque[OutboxEntry] = deque()
+        self._inflight: OrderedDict[int, OutboxEntry] = OrderedDict()
+        self._by_id: dict[str, list[OutboxEntry]] = {}
+        self._dead: set[int] = set()  # seqs removed (ACKed, expired) but still in a deque
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_id.values())
+
+    def pending(self) -> int:
+        """Entries queued and not yet sent on the current session."""
+        return len(self) - len(self._inflight)
+
+    def put(
+        self, env_id: str, wire: bytes, *, urgent: bool, now: float, origin: object = None
+    ) -> OutboxEntry:
+        if len(self) >= self.limit:
+            raise OutboxFull(f"outbox holds {self.limit} un-ACKed envelopes already")
+        self._seq += 1
+        entry = OutboxEntry(env_id, wire, urgent, now + self.ttl, self._seq, origin)
+        (self._urgent if urgent else self._normal).append(entry)
+        self._by_id.setdefault(env_id, []).append(entry)
+        return entry
+
+    def _pop_live(self, queue: deque[OutboxEntry]) -> OutboxEntry | None:
+        while queue:
+            entry = queue.popleft()
+            if entry.seq in self._dead:
+                self._dead.discard(entry.seq)
+                continue
+            return entry
+        return None
+
+    def next_to_send(self) -> OutboxEntry | None:
+        """The next entry to put on the wire; it stays held (in flight) until ACKed."""
+        for queue in (self._resend, self._urgent, self._normal):
+            entry = self._pop_live(queue)
+            if entry is not None:
+                self._inflight[entry.seq] = entry
+                return entry
+        return None
+
+    def take_batch(self, max_bytes: int) -> list[OutboxEntry]:
+        """Several entries at once (at least one if any), up to about ``max_bytes`` of wire."""
+        batch: list[OutboxEntry] = []
+        size = 0
+        while size < max_bytes and (entry := self.next_to_send()) is not None:
+            batch.append(entry)
+            size += len(entry.wire)
+        return batch
+
+    def ack(self, env_id: str) -> OutboxEntry | None:
+        """Remove the oldest in-flight entry with this id; None if there is none (late ACK)."""
+        entries = self._by_id.get(env_id)
+        if not entries:
+            return None
+        for i, entry in enumerate(entries):
+            if entry.seq in self._inflight:
+                del entries[i]
+                if not entries:
+                    del self._by_id[env_id]
+                del self._inflight[entry.seq]
+                return entry
+        return None
+
+    def session_lost(self) -> None:
+        """Put everything in flight back in front, in the order it was first sent."""
+        if self._inflight:
+            back = list(self._inflight.values())
+            self._inflight.clear()
+            back.sort(key=lambda e: e.seq)
+            self._resend.extendleft(reversed(back))
+
+    def expire(self, now: float) -> list[OutboxEntry]:
+        """Remove and return every entry whose TTL has passed."""
+        gone: list[OutboxEntry] = []
+        for env_id in list(self._by_id):
+            keep = []
+            for entry in self._by_id[env_id]:
+                if entry.deadline <= now:
+                    gone.append(entry)
+                else:
+                    keep.append(entry)
+            if keep:
+                self._by_id[env_id] = keep
+            else:
+                del self._by_id[env_id]
+        for entry in gone:
+            if self._inflight.pop(entry.seq, None) is None:
+                self._dead.add(entry.seq)
+        gone.sort(key=lambda e: e.seq)
+        return gone
+
+    def next_deadline(self) -> float | None:
+        deadlines = [e.deadline for v in self._by_id.values() for e in v]
+        return min(deadlines) if deadlines else None
+
+    def drain(self) -> list[OutboxEntry]:
+        """Remove and return everything (the peer is forgotten)."""
+        everything = sorted((e for v in self._by_id.values() for e in v), key=lambda e: e.seq)
+        self._clear()
+        return everything
+
+
+class SeenWindow:
+    """Remembers (from, id) pairs for ``window`` seconds so duplicates are ACKed, not redelivered."""
+
+    def __init__(self, *, window: float = SEEN_WINDOW, limit: int = SEEN_LIMIT) -> None:
+        self.window = window
+        self.limit = limit
+        self._seen: OrderedDict[Hashable, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._seen
+
+    def check_and_add(self, key: Hashable, now: float) -> bool:
+        """True if ``key`` was seen within the window (a duplicate); records it otherwise."""
+        self._prune(now)
+        if key in self._seen:
+            return True
+        self._seen[key] = now
+        if len(self._seen) > self.limit:
+            self._seen.popitem(last=False)
+        return False
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.window
+        seen = self._seen
+        while seen:
+            key, t = next(iter(seen.items()))
+            if t > horizon:
+                break
+            seen.popitem(last=False)
+
+
+class Inbox(Generic[T]):
+    """Envelopes that arrived while no client was subscribed; oldest first, bounded."""
+
+    def __init__(self, *, limit: int = INBOX_LIMIT) -> None:
+        self.limit = limit
+        self._items: deque[T] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def full(self) -> bool:
+        return len(self._items) >= self.limit
+
+    def put(self, item: T) -> bool:
+        """Add at the back; False (nothing added) if full: the sender gets ``inbox_full``."""
+        if self.full():
+            return False
+        self._items.append(item)
+        return True
+
+    def put_back(self, items: Iterable[T]) -> None:
+        """Return items a slow subscriber never received to the front, keeping their order.
+
+        They were ACKed already, so they are kept even past the bound.
+        """
+        self._items.extendleft(reversed(list(items)))
+
+    def take_all(self) -> list[T]:
+        items = list(self._items)
+        self._items.clear()
+        return items

@@ -1,0 +1,128 @@
+"""Handshake payloads and the responder's admission rules (PROTOCOL.md §4).
+
+Message 1 carries ``{"v":1,"agent_id":…,"ts":…,"port":…}`` from the initiator, message 2
+``{"v":1,"agent_id":…}`` back. This module builds and checks those payloads and decides whether
+a presented static key may open a session; the Noise arithmetic is in ``acp.proto.noise``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+from acp.errors import HandshakeError
+from acp.model import is_agent_id
+
+PROLOGUE = b"acp-v1"
+HANDSHAKE_TIMEOUT = 5.0  # seconds from TCP connect to message 2 (§4)
+TRUST_POLICIES = ("tofu", "explicit")
+
+# Why a handshake was refused; each is logged and counted by the shell.
+KEY_MISMATCH = "key_mismatch"
+NOT_TRUSTED = "not_trusted"
+REPLAY = "replay"
+BAD_PAYLOAD = "bad_payload"
+WRONG_PEER = "wrong_peer"
+
+
+class Refused(HandshakeError):
+    """A well-formed handshake from a peer we will not talk to; ``reason`` is one of the above."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@attrs.frozen
+class Hello:
+    """The initiator's message-1 payload."""
+
+    agent_id: str
+    ts: int
+    port: int | None
+
+
+def next_ts(now_ms: int, last_sent: int | None) -> int:
+    """The ``ts`` to send: max(now, last sent + 1), so it strictly increases across restarts."""
+    return now_ms if last_sent is None else max(now_ms, last_sent + 1)
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _loads_object(data: bytes, which: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise Refused(BAD_PAYLOAD, f"{which} payload is not UTF-8 JSON") from exc
+    if not isinstance(obj, dict):
+        raise Refused(BAD_PAYLOAD, f"{which} payload is not a JSON object")
+    if obj.get("v") != 1 or isinstance(obj.get("v"), bool):
+        raise Refused(BAD_PAYLOAD, f"{which} payload has unsupported v={obj.get('v')!r}")
+    if not is_agent_id(obj.get("agent_id")):
+        raise Refused(BAD_PAYLOAD, f"{which} payload has an invalid agent_id")
+    return obj
+
+
+def hello_payload(agent_id: str, ts: int, port: int | None) -> bytes:
+    obj: dict[str, Any] = {"v": 1, "agent_id": agent_id, "ts": ts}
+    if port is not None:
+        obj["port"] = port
+    return _dumps(obj)
+
+
+def parse_hello(data: bytes) -> Hello:
+    obj = _loads_object(data, "message 1")
+    ts = obj.get("ts")
+    if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
+        raise Refused(BAD_PAYLOAD, "message 1 payload has no valid ts")
+    port = obj.get("port")
+    if not (isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535):
+        port = None  # optional: an unusable port is ignored, not fatal
+    return Hello(agent_id=obj["agent_id"], ts=ts, port=port)
+
+
+def welcome_payload(agent_id: str) -> bytes:
+    return _dumps({"v": 1, "agent_id": agent_id})
+
+
+def parse_welcome(data: bytes, *, expected_agent_id: str) -> str:
+    """Check message 2: the responder must be the agent_id we dialled."""
+    agent_id: str = _loads_object(data, "message 2")["agent_id"]
+    if agent_id != expected_agent_id:
+        raise Refused(WRONG_PEER, f"dialled {expected_agent_id!r} but reached {agent_id!r}")
+    return agent_id
+
+
+def admit(
+    hello: Hello,
+    presented_key: bytes,
+    *,
+    held_key: bytes | None,
+    last_accepted_ts: int | None,
+    trust: str,
+) -> bool:
+    """Decide whether the responder accepts a message 1.
+
+    Returns True when the key is new and must be pinned (tofu), False when it matched the key
+    already held. Raises Refused otherwise: a different key than held, an unknown agent under
+    ``explicit`` trust, or a ``ts`` not above the last accepted from that key (a replay).
+    """
+    if held_key is not None:
+        if presented_key != held_key:
+            raise Refused(
+                KEY_MISMATCH, f"{hello.agent_id!r} presented a key other than the one held for it"
+            )
+        pin = False
+    elif trust == "tofu":
+        pin = True
+    else:
+        raise Refused(NOT_TRUSTED, f"{hello.agent_id!r} is not trusted (trust = explicit)")
+    if last_accepted_ts is not None and hello.ts <= last_accepted_ts:
+        raise Refused(
+            REPLAY, f"{hello.agent_id!r} sent ts {hello.ts}, not above {last_accepted_ts}: replay?"
+        )
+    return pin

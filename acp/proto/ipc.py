@@ -1,0 +1,177 @@
+"""The local IPC line codec (PROTOCOL.md §8): one JSON object per line, each way.
+
+Requests carry ``cmd`` and optionally ``req`` (echoed in the reply so clients can pipeline).
+Replies are ``{"ok": true, ...}`` or ``{"ok": false, "error": {"code": ..., "message": ...}}``;
+pushes are ``{"inbound": true, "envelope": {...}}`` and ``{"event": ...}``. A line over 1 MiB or one
+that does not parse gets an error reply and the connection stays usable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import attrs
+
+from acp.errors import IpcError
+from acp.model import is_agent_id
+
+MAX_LINE = 1 << 20  # 1 MiB, newline excluded
+
+BAD_JSON = "bad_json"
+LINE_TOO_LONG = "line_too_long"
+UNKNOWN_COMMAND = "unknown_command"
+BAD_REQUEST = "bad_request"
+UNKNOWN_PEER = "unknown_peer"
+TOO_LARGE = "too_large"
+TIMEOUT = "timeout"
+
+# When ``send`` replies: once queued for the peer, once the peer ACKed, or once a response arrived.
+WAIT_MODES = ("accepted", "acked", "response")
+DEFAULT_WAIT_TIMEOUT = 30.0
+MAX_WAIT_TIMEOUT = 3600.0
+
+# cmd -> {field: (required, type-check, description for the error message)}
+_FIELDS: dict[str, dict[str, tuple[bool, Any, str]]] = {
+    "send": {
+        "to": (True, is_agent_id, "an agent_id"),
+        "envelope": (True, lambda v: isinstance(v, dict), "an object"),
+        "wait": (False, lambda v: v in WAIT_MODES, " | ".join(WAIT_MODES)),
+        "timeout": (
+            False,
+            lambda v: _is_number(v) and 0 < v <= MAX_WAIT_TIMEOUT,
+            "seconds, 0 < t <= 3600",
+        ),
+    },
+    "broadcast": {"envelope": (True, lambda v: isinstance(v, dict), "an object")},
+    "reply": {
+        "msg_id": (True, lambda v: isinstance(v, str) and v != "", "an envelope id"),
+        "payload": (True, lambda v: isinstance(v, dict), "an object"),
+        "wait": (False, lambda v: v in WAIT_MODES[:2], "accepted | acked"),
+        "timeout": (
+            False,
+            lambda v: _is_number(v) and 0 < v <= MAX_WAIT_TIMEOUT,
+            "seconds, 0 < t <= 3600",
+        ),
+    },
+    "peers": {},
+    "status": {},
+    "id": {},
+    "subscribe": {},
+    "trust": {
+        "agent_id": (True, is_agent_id, "an agent_id"),
+        "pubkey": (True, lambda v: isinstance(v, str), "base64 of a 32-byte X25519 key"),
+        "addr": (False, lambda v: isinstance(v, str), "host:port"),
+    },
+    "forget": {"agent_id": (True, is_agent_id, "an agent_id")},
+}
+COMMANDS = tuple(_FIELDS)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@attrs.frozen
+class Request:
+    cmd: str
+    args: dict[str, Any]
+    req: Any = None
+
+
+def parse_request(line: bytes) -> Request:
+    """One line (without its newline) -> Request; IpcError with the §8 code otherwise."""
+    if len(line) > MAX_LINE:
+        raise IpcError(LINE_TOO_LONG, f"request line is over {MAX_LINE} bytes")
+    try:
+        obj = json.loads(line)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise IpcError(BAD_JSON, f"request is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise IpcError(BAD_JSON, "request must be a JSON object")
+    req = obj.get("req")
+    cmd = obj.get("cmd")
+    if not isinstance(cmd, str):
+        raise IpcError(BAD_REQUEST, 'request needs "cmd" (a string)', req=req)
+    fields = _FIELDS.get(cmd)
+    if fields is None:
+        raise IpcError(
+            UNKNOWN_COMMAND, f"unknown command {cmd!r}; known: {', '.join(COMMANDS)}", req=req
+        )
+    for name, (required, check, what) in fields.items():
+        if name not in obj:
+            if required:
+                raise IpcError(BAD_REQUEST, f"{cmd} needs {name!r} ({what})", req=req)
+            continue
+        if not check(obj[name]):
+            raise IpcError(BAD_REQUEST, f"{cmd}: {name!r} must be {what}", req=req)
+    args = {k: v for k, v in obj.items() if k not in ("cmd", "req")}
+    return Request(cmd=cmd, args=args, req=req)
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """One reply or push as a line."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+def ok_reply(req: Any = None, **fields: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"ok": True}
+    out.update(fields)
+    if req is not None:
+        out["req"] = req
+    return out
+
+
+def error_reply(code: str, message: str, req: Any = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"ok": False, "error": {"code": code, "message": message}}
+    if req is not None:
+        out["req"] = req
+    return out
+
+
+class LineBuffer:
+    """Splits a byte stream into lines, capping each at ``limit`` bytes.
+
+    ``lines()`` yields ``bytes`` for each complete line, or an IpcError(line_too_long) in its place
+    once for a line that grew past the limit (the rest of it, up to its newline, is discarded).
+    """
+
+    def __init__(self, limit: int = MAX_LINE) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[bytes | IpcError]:
+        out: list[bytes | IpcError] = []
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            piece = data[start:nl]
+            if self._discarding:
+                self._discarding = False
+            elif len(self._buf) + len(piece) > self.limit:
+                self._buf.clear()
+                out.append(IpcError(LINE_TOO_LONG, f"request line is over {self.limit} bytes"))
+            else:
+                self._buf += piece
+                line = bytes(self._buf).rstrip(b"\r")
+                self._buf.clear()
+                if line.strip():
+                    out.append(line)
+            start = nl + 1
+        rest = data[start:]
+        if rest and not self._discarding:
+            if len(self._buf) + len(rest) > self.limit:
+                self._buf.clear()
+                self._discarding = True
+                out.append(IpcError(LINE_TOO_LONG, f"request line is over {self.limit} bytes"))
+            else:
+                self._buf += rest
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
