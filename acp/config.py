@@ -127,7 +127,7 @@ class Config:
                 data = tomllib.load(f)
         except FileNotFoundError:
             pass
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML must be UTF-8
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
@@ -159,7 +159,7 @@ class Config:
             if key not in data:
                 return default
             value = data[key]
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
                 raise ConfigError(f"{path}: {key} has the wrong type ({type(value).__name__})")
             return value
 
@@ -194,7 +194,7 @@ class Config:
 
         def positive(key: str, default: Any, kind: type | tuple[type, ...] = int) -> Any:
             value = typed(key, kind, default)
-            if value <= 0:
+            if not value > 0:  # also refuses nan, which TOML allows
                 raise ConfigError(f"{path}: {key} must be above 0")
             return value
 

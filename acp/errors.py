@@ -110,3 +110,9 @@ class IpcError(ProtocolError):
     def __init__(self, code: str, message: str, *, req: object = None) -> None:
         super().__init__(message, code=code)
         self.req = req
+
+
+class AlreadyRunning(AcpError):
+    """Another ``acp daemon`` holds the lock on the same ACP_HOME."""
+
+    code = "already_running"

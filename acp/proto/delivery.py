@@ -119,9 +119,8 @@ class Outbox:
     def session_lost(self) -> None:
         """Put everything in flight back in front, in the order it was first sent."""
         if self._inflight:
-            back = list(self._inflight.values())
+            back = list(self._inflight.values())  # insertion order: the order sent
             self._inflight.clear()
-            back.sort(key=lambda e: e.seq)
             self._resend.extendleft(reversed(back))
 
     def expire(self, now: float) -> list[OutboxEntry]:
@@ -183,7 +182,7 @@ class SeenWindow:
         horizon = now - self.window
         seen = self._seen
         while seen:
-            key, t = next(iter(seen.items()))
+            _key, t = next(iter(seen.items()))
             if t > horizon:
                 break
             seen.popitem(last=False)

@@ -171,9 +171,15 @@ def check_route(env: Envelope, *, session_peer: str, own_id: str) -> None:
         )
 
 
-def to_json(env: Envelope) -> bytes:
-    """Compact UTF-8 JSON, as it goes on the wire."""
-    return json.dumps(env.to_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+def to_json(env: Envelope, *, allow_nan: bool = True) -> bytes:
+    """Compact UTF-8 JSON, as it goes on the wire (ValueError for NaN unless ``allow_nan``)."""
+    obj = env.to_dict()
+    try:
+        return json.dumps(
+            obj, separators=(",", ":"), ensure_ascii=False, allow_nan=allow_nan
+        ).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (legal as a JSON \u escape): keep it escaped
+        return json.dumps(obj, separators=(",", ":"), allow_nan=allow_nan).encode("ascii")
 
 
 def complete(
@@ -213,7 +219,14 @@ def complete(
         data["ts"] = now_ms
     data.setdefault("reply_to", None)
     env = _build(data)
-    wire = to_json(env)
+    try:
+        wire = to_json(env, allow_nan=False)
+    except ValueError as exc:  # NaN/Infinity: not JSON, so a strict peer could not parse it
+        raise EnvelopeError(
+            INVALID_ENVELOPE,
+            "envelope holds NaN or Infinity, which JSON cannot carry",
+            envelope_id=env.id,
+        ) from exc
     if len(wire) > MAX_ENVELOPE:
         raise EnvelopeError(
             TOO_LARGE,

@@ -31,7 +31,7 @@ class FrameDecoder:
         self._pos = 0
         self._broken: FrameError | None = None
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         if self._broken is not None:
             raise self._broken
         if self._pos and self._pos == len(self._buf):

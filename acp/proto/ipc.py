@@ -112,7 +112,10 @@ def parse_request(line: bytes) -> Request:
 
 def encode(obj: dict[str, Any]) -> bytes:
     """One reply or push as a line."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate (legal as a JSON \u escape): keep it escaped
+        return json.dumps(obj, separators=(",", ":")).encode("ascii") + b"\n"
 
 
 def ok_reply(req: Any = None, **fields: Any) -> dict[str, Any]:

@@ -1,0 +1,554 @@
+"""The ``acp`` command line: a thin client of the daemon's IPC socket, plus ``acp daemon``.
+
+Agents call these commands in loops, so this module imports only cyclopts and the standard-library
+client at start-up; ``acp daemon`` imports trio, zeroconf and PyNaCl when it runs. Every command
+returns an exit code; AcpError is mapped to stderr and its code here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated, Any, Literal
+
+from cyclopts import App, Parameter
+
+from acp import __version__
+from acp.client import Client, delegate_envelope, notify_envelope, query_envelope
+from acp.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, AcpError
+
+app = App(
+    name="acp",
+    help="Agent Communication Protocol: find agents on the LAN and message them securely.\n\n"
+    "Start the daemon with `acp daemon`; every other command talks to it over $ACP_HOME/acp.sock.",
+    version=__version__,
+    help_formatter="plain",
+)
+
+Json = Annotated[bool, Parameter(negative="", help="Print JSON instead of text.")]
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, separators=(",", ":"), ensure_ascii=False))
+
+
+def _parse_data(text: str) -> Any:
+    """DATA arguments: JSON if it parses as JSON, else the plain string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _parse_object(text: str | None, what: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise AcpError(f"{what} must be a JSON object: {exc}", code="bad_request") from None
+    if not isinstance(obj, dict):
+        raise AcpError(f"{what} must be a JSON object", code="bad_request")
+    return obj
+
+
+def _report_sent(reply: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        _print_json(reply)
+        return EXIT_OK
+    if reply.get("state") == "answered":
+        payload = reply["response"].get("payload", {})
+        if payload.get("error"):
+            print(f"error: {payload['error']}", file=sys.stderr)
+        data = payload.get("data")
+        print(data if isinstance(data, str) else json.dumps(data, ensure_ascii=False))
+        return EXIT_OK if not payload.get("error") else 1
+    state = reply.get("state", "accepted")
+    note = {
+        "queued": " (peer not connected: queued, resent when it is)",
+        "acked": " (ACKed by the peer)",
+    }
+    print(f"{reply['msg_id']}{note.get(state, '')}")
+    return EXIT_OK
+
+
+def _wait_mode(wait: bool, acked: bool) -> str:
+    return "response" if wait else "acked" if acked else "accepted"
+
+
+@app.command
+def send(
+    agent: str,
+    message: str,
+    *,
+    wait: bool = False,
+    acked: bool = False,
+    timeout: float = 30.0,
+    domain: str | None = None,
+    budget: Literal["minimal", "standard", "full"] = "standard",
+    json: Json = False,
+) -> int:
+    """Send a query to AGENT.
+
+    Prints the message id once the daemon accepted it. With --wait, waits for the response and prints
+    its data; with --acked, waits for the peer's ACK.
+
+    Examples:
+        acp send agent-two "What is the build status?"
+        acp send agent-two "Summarise README.md" --wait --timeout 60
+
+    Parameters
+    ----------
+    agent
+        The receiving agent_id (see `acp peers`).
+    message
+        The question, as text.
+    wait
+        Wait for the `response` and print its data.
+    acked
+        Wait until the peer's daemon ACKs the envelope.
+    timeout
+        Seconds to wait with --wait/--acked (exit 75 when they run out).
+    domain
+        Optional domain hint for the receiving agent.
+    budget
+        context_budget of the query.
+    """
+    with Client() as c:
+        reply = c.send(
+            agent,
+            query_envelope(message, domain=domain, context_budget=budget),
+            wait=_wait_mode(wait, acked),
+            timeout=timeout,
+        )
+    return _report_sent(reply, json)
+
+
+@app.command
+def delegate(
+    agent: str,
+    task: str,
+    *,
+    urgent: bool = False,
+    report_back: bool = False,
+    context: str | None = None,
+    wait: bool = False,
+    acked: bool = False,
+    timeout: float = 30.0,
+    json: Json = False,
+) -> int:
+    """Delegate TASK to AGENT.
+
+    Urgent delegates go ahead of traffic already queued for that peer.
+
+    Examples:
+        acp delegate agent-two "Run the nightly tests" --report-back
+        acp delegate agent-two "Stop the deploy" --urgent --context '{"deploy": 42}'
+
+    Parameters
+    ----------
+    agent
+        The receiving agent_id.
+    task
+        What to do, as text.
+    urgent
+        priority "urgent" instead of "normal".
+    report_back
+        Ask the agent to report back (report_back: true).
+    context
+        A JSON object passed as the delegate's context.
+    wait
+        Wait for a `response` that replies to this delegate and print its data.
+    acked
+        Wait until the peer's daemon ACKs the envelope.
+    timeout
+        Seconds to wait with --wait/--acked.
+    """
+    env = delegate_envelope(
+        task, context=_parse_object(context, "--context"), urgent=urgent, report_back=report_back
+    )
+    with Client() as c:
+        reply = c.send(agent, env, wait=_wait_mode(wait, acked), timeout=timeout)
+    return _report_sent(reply, json)
+
+
+@app.command
+def notify(topic: str, data: str, *, json: Json = False) -> int:
+    """Send a notify to every connected peer.
+
+    DATA is parsed as JSON when it is valid JSON, and sent as a string otherwise.
+
+    Examples:
+        acp notify build-finished '{"ok": true, "commit": "3f2a91c"}'
+        acp notify status "going offline for maintenance"
+
+    Parameters
+    ----------
+    topic
+        The notify topic.
+    data
+        The notify data (JSON or text).
+    """
+    with Client() as c:
+        reply = c.request("broadcast", envelope=notify_envelope(topic, _parse_data(data)))
+    if json:
+        _print_json(reply)
+    elif reply["to"]:
+        print(f"{reply['msg_id']} -> {', '.join(reply['to'])}")
+    else:
+        print("no peer is connected: nothing sent", file=sys.stderr)
+    return EXIT_OK
+
+
+@app.command
+def reply(
+    msg_id: str,
+    data: str,
+    *,
+    to: str | None = None,
+    summary: str | None = None,
+    error: str | None = None,
+    json: Json = False,
+) -> int:
+    """Answer the envelope MSG_ID with a response carrying DATA.
+
+    The daemon remembers who sent recent inbound envelopes; use --to for older ones.
+
+    Examples:
+        acp reply 5fc85a12-416f-4cd5-b1f5-e8cd54608d14 "all green"
+        acp reply 5fc85a12-... '{"passed": 120, "failed": 0}' --summary "tests pass"
+
+    Parameters
+    ----------
+    msg_id
+        The id of the envelope being answered (from `acp listen`).
+    data
+        The response data (JSON or text).
+    to
+        The agent to answer, if the daemon no longer remembers MSG_ID.
+    summary
+        Optional one-line summary.
+    error
+        Report an error instead of a result.
+    """
+    with Client() as c:
+        sent = c.reply(msg_id, _parse_data(data), to=to, summary=summary, error=error)
+    return _report_sent(sent, json)
+
+
+@app.command
+def listen(*, count: int | None = None, events: bool = False) -> int:
+    """Print inbound envelopes as JSON lines, oldest first, starting with what waited in the inbox.
+
+    Runs until interrupted (or --count envelopes). Every line is one envelope object.
+
+    Examples:
+        acp listen
+        acp listen --count 1 | jq -r .payload.question
+
+    Parameters
+    ----------
+    count
+        Exit after this many envelopes.
+    events
+        Also print daemon events such as {"event": "undelivered", ...}.
+    """
+    n = 0
+    with Client() as c:
+        for item in c.listen(events=events):
+            sys.stdout.write(json.dumps(item, separators=(",", ":"), ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+            if "event" not in item:
+                n += 1
+                if count is not None and n >= count:
+                    break
+    return EXIT_OK
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    s = max(0, time.time() - ts)
+    return (
+        f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.0f}h ago"
+    )
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+@app.command
+def peers(*, json: Json = False) -> int:
+    """List known peers: state, address, where they came from, RTT, fingerprint and last error.
+
+    States: connected, connecting, discovered, waiting (the lower agent_id dials), backoff (next try
+    shown), key_changed (run `acp trust` or `acp forget`), refused, stale, idle (no address known).
+
+    Examples:
+        acp peers
+        acp peers --json | jq '.[] | select(.status == "connected") | .id'
+    """
+    with Client() as c:
+        rows = c.peers()
+    if json:
+        _print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print(
+            "no peers known yet (mDNS finds peers on the LAN; static ones go in config.toml [[peers]])"
+        )
+        return EXIT_OK
+    table = []
+    for p in rows:
+        state = p["status"]
+        if p.get("next_try_in") is not None:
+            state += f" ({p['next_try_in']:.0f}s)"
+        addr = f"{p['addr']}:{p['port']}" if p.get("addr") else "-"
+        if p.get("addr") and ":" in p["addr"]:
+            addr = f"[{p['addr']}]:{p['port']}"
+        rtt = f"{p['rtt_ms']:.1f}ms" if p.get("rtt_ms") is not None else "-"
+        error = p.get("last_error") or ""
+        if p.get("announced_fingerprint"):
+            error = (
+                f"announced key {p['announced_fingerprint']} differs from the pinned one. {error}"
+            )
+        table.append(
+            [
+                p["id"],
+                state,
+                addr,
+                p.get("source") or "-",
+                rtt,
+                _ago(p.get("last_seen")),
+                p.get("fingerprint") or "-",
+                str(p.get("queued", 0)),
+                error[:80],
+            ]
+        )
+    print(
+        _table(
+            table,
+            [
+                "AGENT",
+                "STATE",
+                "ADDRESS",
+                "SOURCE",
+                "RTT",
+                "SEEN",
+                "FINGERPRINT",
+                "QUEUED",
+                "LAST ERROR",
+            ],
+        )
+    )
+    return EXIT_OK
+
+
+@app.command
+def status(*, json: Json = False) -> int:
+    """Show the daemon's health: agent_id, fingerprint, port, uptime, peers, message counts.
+
+    Examples:
+        acp status
+        acp status --json | jq .peers_connected
+    """
+    with Client() as c:
+        st = c.status()
+    if json:
+        st.pop("req", None)
+        _print_json(st)
+        return EXIT_OK
+    print(f"agent_id     {st['agent_id']}")
+    print(f"fingerprint  {st['fingerprint']}")
+    print(f"listening    port {st['port']} (IPC {st['home']}/acp.sock)")
+    print(f"uptime       {st['uptime']:.0f}s   version {st['version']}   pid {st['pid']}")
+    print(f"trust        {st['trust']}   mDNS {st['mdns']}")
+    print(f"peers        {st['peers_connected']} connected of {st['peers_known']} known")
+    print(
+        f"messages     {st['messages_sent']} sent (ACKed), {st['messages_received']} received, "
+        f"{st['queued']} queued, {st['inbox']} in inbox, {st['subscribers']} subscriber(s)"
+    )
+    for warning in st.get("warnings", []):
+        print(f"warning      {warning}")
+    return EXIT_OK
+
+
+@app.command(name="id")
+def identity(*, json: Json = False) -> int:
+    """Show this machine's agent_id, public key and fingerprint (to check a peer by voice or chat).
+
+    Asks the running daemon; without one, reads $ACP_HOME/identity.pub and config.toml.
+
+    Examples:
+        acp id
+        acp trust my-laptop "$(ssh laptop acp id --json | jq -r .pubkey)"
+    """
+    try:
+        with Client() as c:
+            info = c.identity()
+            info.pop("req", None)
+            info.pop("ok", None)
+    except AcpError as exc:
+        if exc.code != "daemon_unavailable":
+            raise
+        info = _offline_identity()
+    if json:
+        _print_json(info)
+    else:
+        print(
+            f"agent_id     {info['agent_id']}\npubkey       {info['pubkey']}\nfingerprint  {info['fingerprint']}"
+        )
+    return EXIT_OK
+
+
+def _offline_identity() -> dict[str, Any]:
+    from acp.config import Config
+    from acp.model import decode_key, fingerprint
+
+    config = Config.load()
+    path = config.home / "identity.pub"
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        raise AcpError(
+            f"no identity yet ({path} missing): run `acp daemon` once to create it"
+        ) from None
+    return {
+        "agent_id": config.agent_id,
+        "pubkey": text,
+        "fingerprint": fingerprint(decode_key(text, what=str(path))),
+    }
+
+
+@app.command
+def trust(agent: str, key: str, *, addr: str | None = None, json: Json = False) -> int:
+    """Pin KEY (base64 X25519 public key) for AGENT, replacing any key held or announced before.
+
+    Use it after checking the fingerprint with the other side, to accept a peer whose key changed,
+    or to admit a peer under `trust = "explicit"`.
+
+    Examples:
+        acp trust agent-two "q6E1...="
+        acp trust agent-two "q6E1...=" --addr 10.0.0.7:7100
+
+    Parameters
+    ----------
+    agent
+        The peer's agent_id.
+    key
+        Its public key, base64 (from `acp id` on that machine).
+    addr
+        host:port to dial it at, if mDNS cannot see it.
+    """
+    with Client() as c:
+        out = c.trust(agent, key, addr=addr)
+    if json:
+        _print_json(out)
+    else:
+        print(f"trusted {out['agent_id']} with key {out['fingerprint']}")
+    return EXIT_OK
+
+
+@app.command
+def forget(agent: str, *, json: Json = False) -> int:
+    """Forget AGENT: close its session, drop its pinned key and anything queued for it.
+
+    Examples:
+        acp forget old-laptop
+    """
+    with Client() as c:
+        out = c.forget(agent)
+    if json:
+        _print_json(out)
+    else:
+        print(f"forgot {out['agent_id']}")
+    return EXIT_OK
+
+
+@app.command
+def daemon(
+    *,
+    port: int | None = None,
+    agent_id: str | None = None,
+    mdns: bool = True,
+    debug: bool = False,
+) -> int:
+    """Run the acp daemon in the foreground (systemd: contrib/systemd/acp.service).
+
+    Reads $ACP_HOME/config.toml (ACP_HOME defaults to ~/.acp), creates identity.key on first run,
+    listens on TCP (default port 7100) and on $ACP_HOME/acp.sock, and finds peers by mDNS.
+    Stops cleanly on SIGINT/SIGTERM.
+
+    Examples:
+        acp daemon
+        ACP_HOME=/tmp/a acp daemon --agent-id agent-one --port 0 --no-mdns
+
+    Parameters
+    ----------
+    port
+        TCP port to listen on (0 picks a free one). Default: config.toml `port`, else 7100.
+    agent_id
+        This agent's id. Default: ACP_AGENT_ID, config.toml `agent_id`, else the short hostname.
+    mdns
+        Advertise and browse with mDNS (--no-mdns: static [[peers]] and peers.json only).
+    debug
+        Log every frame, and show tracebacks.
+    """
+    import logging
+
+    import trio
+
+    from acp.config import Config
+    from acp.daemon import run_daemon
+
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s"
+        if _journald()
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not debug:
+        logging.getLogger("zeroconf").setLevel(logging.WARNING)
+    config = Config.load(agent_id=agent_id, port=port, mdns=None if mdns else False)
+    trio.run(run_daemon, config)
+    return EXIT_OK
+
+
+def _journald() -> bool:
+    import os
+
+    return bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns (and exits with) the command's code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        code = app(args, result_action="return_value")
+    except AcpError as exc:
+        if debug:
+            raise
+        print(f"acp: {exc.message}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        code = EXIT_OK
+    except SystemExit as exc:
+        raise exc
+    if not isinstance(code, int):
+        code = EXIT_OK if code is None else EXIT_USAGE
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

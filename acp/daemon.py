@@ -1,0 +1,121 @@
+"""``acp daemon``: the nursery tree that supervises everything, and clean shutdown.
+
+run_daemon            root nursery; SIGTERM/SIGINT -> cancel, with BYE to peers
+├─ ipc_server.serve   listening on acp.sock before anything is advertised
+├─ listener.serve     TCP accept loop -> responder handshakes -> inbound sessions
+├─ peers.run          one supervisor per peer: dial, session, backoff
+├─ discovery.run      mDNS (the slot; off with --no-mdns / mdns = false)
+├─ expiry             outbox TTL sweep, once a second
+└─ stats.run          the periodic stats line, and peers.json flushes
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+
+import trio
+import trio_util
+
+from acp.config import Config, ensure_home
+from acp.identity import load_identity
+from acp.net import listener, stats
+from acp.net.ipc_server import DaemonLock, IpcServer, open_ipc_listener
+from acp.net.node import Node
+from acp.net.peers import PeerManager
+from acp.store import PeerStore
+
+log = logging.getLogger(__name__)
+
+EXPIRY_INTERVAL = 1.0
+STORE_FLUSH_INTERVAL = 5.0
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) we are ready; a no-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.send(state.encode())
+    except OSError:
+        pass
+
+
+async def _expiry(node: Node) -> None:
+    async for _ in trio_util.periodic(EXPIRY_INTERVAL):
+        node.expire()
+
+
+async def _flush_store(node: Node) -> None:
+    async for _ in trio_util.periodic(STORE_FLUSH_INTERVAL):
+        if node.store.dirty:
+            try:
+                node.store.save()
+            except OSError as exc:
+                log.error("cannot write %s: %s", node.store.path, exc)
+
+
+async def _signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s: shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+async def run_daemon(
+    config: Config, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run until SIGINT/SIGTERM (or cancellation); raise AcpError if it cannot start."""
+    ensure_home(config.home)
+    lock = DaemonLock(config.home)
+    lock.acquire()
+    ipc_listener = None
+    try:
+        identity = load_identity(config.home)
+        store = PeerStore.load(config.home)
+        node = Node(config, identity, store)
+        manager = PeerManager(node)
+        manager.load_known()
+        with trio.CancelScope() as root:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_signals, root)
+                ipc_listener = await open_ipc_listener(config.socket_path)
+                tcp = await listener.open_listeners(config.listen, config.port)
+                node.port = tcp[0].socket.getsockname()[1]
+                await nursery.start(IpcServer(node).serve, ipc_listener)
+                await nursery.start(listener.serve, node, tcp)
+                await nursery.start(manager.run)
+                if config.mdns:
+                    from acp.net import discovery
+
+                    await nursery.start(discovery.run, node)
+                nursery.start_soon(_expiry, node)
+                nursery.start_soon(_flush_store, node)
+                await nursery.start(stats.run, node.stats, config.stats_interval)
+                log.info(
+                    "acp daemon %s listening on port %s, IPC %s, key %s",
+                    node.agent_id,
+                    node.port,
+                    config.socket_path,
+                    identity.fingerprint,
+                )
+                sd_notify("READY=1")
+                task_status.started(node)
+        sd_notify("STOPPING=1")
+        if store.dirty:
+            store.save()
+    finally:
+        if ipc_listener is not None:
+            try:
+                config.socket_path.unlink()
+            except OSError:
+                pass
+        lock.release()

@@ -1,0 +1,142 @@
+"""Both ends of the Noise IK handshake over a trio stream, with PROTOCOL.md §4's checks.
+
+``dial`` runs the initiator side on a fresh TCP connection; ``answer`` the responder side on an
+accepted one. Both run under the caller's 5 s deadline and return a ready ``Session``; anything
+wrong raises HandshakeError (a ``Refused`` carries the reason that is counted).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+
+from acp.errors import FrameError, HandshakeError
+from acp.net.node import Node
+from acp.net.peer import Peer, Session, set_keepalive
+from acp.proto import handshake as hs
+from acp.proto.framing import FrameDecoder, encode_frame
+from acp.proto.noise import Initiator, Responder
+
+log = logging.getLogger(__name__)
+
+
+async def read_frame(stream: trio.abc.ReceiveStream, decoder: FrameDecoder) -> bytes:
+    while (frame := decoder.next_frame()) is None:
+        data = await stream.receive_some(65536 + 4)
+        if not data:
+            raise HandshakeError("connection closed during the handshake")
+        decoder.feed(data)
+    return frame
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def dial(node: Node, peer: Peer, host: str, port: int) -> Session:
+    """Connect to ``peer`` at host:port and run the initiator side. Caller sets the deadline."""
+    if peer.pubkey is None:
+        raise HandshakeError(f"no key known for {peer.agent_id}")
+    stream = await trio.open_tcp_stream(host, port)
+    try:
+        set_keepalive(stream)
+        rec = node.store.record(peer.agent_id)
+        ts = hs.next_ts(_now_ms(), rec.ts_sent)
+        node.store.update(peer.agent_id, ts_sent=ts)
+        node.store.save()  # before sending: ts must increase across restarts
+        noise = Initiator(node.identity.private_key, peer.pubkey, prologue=hs.PROLOGUE)
+        msg1 = noise.write_message_1(hs.hello_payload(node.agent_id, ts, node.port))
+        await stream.send_all(encode_frame(msg1))
+        decoder = FrameDecoder()
+        payload, keys = noise.read_message_2(await read_frame(stream, decoder))
+        hs.parse_welcome(payload, expected_agent_id=peer.agent_id)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        raise
+    return Session(
+        node=node,
+        peer=peer,
+        stream=stream,
+        keys=keys,
+        decoder=decoder,
+        initiator_id=node.agent_id,
+        outbound=True,
+        remote_addr=(host, port),
+    )
+
+
+async def answer(node: Node, stream: trio.abc.Stream) -> Session:
+    """Run the responder side on an accepted connection. Caller sets the deadline and closes."""
+    set_keepalive(stream)
+    decoder = FrameDecoder()
+    try:
+        msg1 = await read_frame(stream, decoder)
+    except FrameError as exc:
+        raise HandshakeError(f"bad first frame: {exc}") from exc
+    noise = Responder(node.identity.private_key, prologue=hs.PROLOGUE)
+    hello = hs.parse_hello(noise.read_message_1(msg1))
+    key = noise.remote_static
+    if hello.agent_id == node.agent_id:
+        raise hs.Refused(hs.WRONG_PEER, f"a peer claims our own agent_id {node.agent_id!r}")
+    peer = node.peer(hello.agent_id)
+    rec = node.store.get(hello.agent_id)
+    held = peer.pubkey if peer is not None and peer.pubkey is not None else None
+    if held is None and rec is not None:
+        held = rec.pubkey
+    if peer is not None and peer.key_changed is not None and key == peer.key_changed:
+        raise hs.Refused(
+            hs.KEY_MISMATCH, f"{hello.agent_id!r} uses a changed key; run `acp trust` to accept it"
+        )
+    pin = hs.admit(
+        hello,
+        key,
+        held_key=held,
+        last_accepted_ts=rec.ts_accepted if rec is not None and rec.pubkey == key else None,
+        trust=node.config.trust,
+    )
+    host = _remote_host(stream)
+    if pin:
+        node.store.pin(hello.agent_id, key)
+        log.info("peer %s: pinned its key on first contact (trust = tofu)", hello.agent_id)
+    node.store.update(hello.agent_id, ts_accepted=hello.ts)
+    if hello.port is not None and host is not None:
+        node.store.update(hello.agent_id, host=host, port=hello.port)
+    node.store.save()
+    if peer is None:
+        peer = node.add_peer(
+            Peer(agent_id=hello.agent_id, pubkey=key, host=host, port=hello.port, source="incoming")
+        )
+    else:
+        if peer.pubkey is None:
+            peer.pubkey = key
+        if hello.port is not None and host is not None and peer.source not in ("static", "manual"):
+            peer.host, peer.port = host, hello.port
+    msg2, keys = noise.write_message_2(hs.welcome_payload(node.agent_id))
+    await stream.send_all(encode_frame(msg2))
+    return Session(
+        node=node,
+        peer=peer,
+        stream=stream,
+        keys=keys,
+        decoder=decoder,
+        initiator_id=hello.agent_id,
+        outbound=False,
+        remote_addr=(host, hello.port or 0) if host else None,
+    )
+
+
+def _remote_host(stream: trio.abc.Stream) -> str | None:
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return None
+    try:
+        addr = sock.getpeername()
+    except OSError:
+        return None
+    host = addr[0] if isinstance(addr, tuple) else None
+    if host and host.startswith("::ffff:"):
+        host = host[7:]
+    return host

@@ -1,0 +1,443 @@
+"""The local IPC server (PROTOCOL.md §8): ``$ACP_HOME/acp.sock``, one JSON object per line.
+
+Each connection has one writer task (replies, events and subscribe pushes share the stream) and one
+reader. Requests are handled in order; a ``send`` that waits for an ACK or a response gets a task of
+its own, so a client can pipeline with ``req``. Only the daemon's own user may connect (SO_PEERCRED).
+A subscriber that falls ``MAX_BACKLOG`` lines behind is disconnected with a reason, and the pushes it
+never received go back to the inbox.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import struct
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from acp import __version__
+from acp.errors import AlreadyRunning, ConfigError, EnvelopeError, IpcError
+from acp.model import check_agent_id, decode_key, encode_key
+from acp.net.node import Node, Ticket
+from acp.net.peer import Peer
+from acp.proto import envelope as envelope_mod
+from acp.proto import ipc
+
+log = logging.getLogger(__name__)
+
+MAX_BACKLOG = 10_000  # lines queued for one client before it counts as too slow
+MAX_CLIENTS = 256
+RECV_SIZE = 256 * 1024
+
+
+@attrs.define(eq=False)
+class IpcConn:
+    stream: trio.SocketStream
+    out: deque[tuple[bool, bytes]] = attrs.field(factory=deque)  # (is an inbound push, line)
+    wake: trio.Event = attrs.field(factory=trio.Event)
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    subscribed: bool = False
+    closed: bool = False
+    overflowed: bool = False
+
+    def send(self, obj: dict[str, Any]) -> None:
+        self._queue(False, ipc.encode(obj))
+
+    def push_inbound(self, line: bytes) -> None:
+        self._queue(True, line)
+
+    def _queue(self, inbound: bool, line: bytes) -> None:
+        if self.closed:
+            return
+        self.out.append((inbound, line))
+        self.wake.set()
+        if len(self.out) > MAX_BACKLOG and not self.overflowed:
+            self.overflowed = True
+            self.scope.cancel()
+
+    async def writer(self) -> None:
+        out = self.out
+        while True:
+            if out:
+                lines = [line for _, line in out]
+                n = len(lines)
+                await self.stream.send_all(b"".join(lines))
+                for _ in range(n):
+                    out.popleft()
+            else:
+                await self.wake.wait()
+                self.wake = trio.Event()
+
+    async def flush(self) -> None:
+        while self.out:
+            await trio.sleep(0.01)
+
+
+class DaemonLock:
+    """An flock on ``$ACP_HOME/acp.lock``: one daemon per ACP_HOME."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / "acp.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                pid = os.read(fd, 32).decode().strip() or "?"
+            except OSError:
+                pid = "?"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another acp daemon (pid {pid}) is already running for {self.path.parent}; "
+                "stop it first, or set ACP_HOME to run a second one"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+async def open_ipc_listener(path: Path) -> trio.SocketListener:
+    """Bind the Unix socket (the lock is held, so a leftover file is stale) with mode 0600."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        await sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot create the IPC socket {path}: {exc.strerror}") from exc
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return trio.SocketListener(sock)
+
+
+def _peer_uid(stream: trio.SocketStream) -> int | None:
+    try:
+        creds = stream.socket.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+        )
+    except (OSError, AttributeError):
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class IpcServer:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.uid = os.getuid()
+
+    async def serve(
+        self,
+        listener: trio.SocketListener,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        await trio.serve_listeners(self._handle, [listener], task_status=task_status)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        node = self.node
+        uid = _peer_uid(stream)
+        if uid is not None and uid != self.uid:
+            node.stats.inc("ipc_refused_uid")
+            log.warning("IPC connection from uid %s refused (daemon runs as uid %s)", uid, self.uid)
+            with trio.move_on_after(0.5):
+                await stream.send_all(
+                    ipc.encode(
+                        ipc.error_reply("forbidden", "only the daemon's own user may connect")
+                    )
+                )
+            await stream.aclose()
+            return
+        if len(node.conns) >= MAX_CLIENTS:
+            with trio.move_on_after(0.5):
+                await stream.send_all(
+                    ipc.encode(ipc.error_reply("busy", f"{MAX_CLIENTS} clients connected already"))
+                )
+            await stream.aclose()
+            return
+        conn = IpcConn(stream)
+        node.conns.add(conn)
+        try:
+            with conn.scope:
+                async with trio.open_nursery() as outer:
+                    outer.start_soon(conn.writer)
+                    async with trio.open_nursery() as inner:
+                        inner.start_soon(self._reader, conn, inner)
+                    await conn.flush()
+                    outer.cancel_scope.cancel()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            conn.closed = True
+            node.conns.discard(conn)
+            unsent = [line for inbound, line in conn.out if inbound]
+            node.unsubscribe(conn, unsent)
+            if conn.overflowed:
+                node.stats.inc("ipc_slow_clients")
+                log.warning("IPC subscriber too slow (%d lines behind): disconnected", MAX_BACKLOG)
+                with trio.CancelScope(shield=True), trio.move_on_after(0.2):
+                    try:
+                        await stream.send_all(
+                            ipc.encode(
+                                {
+                                    "event": "disconnected",
+                                    "reason": "too_slow",
+                                    "message": f"more than {MAX_BACKLOG} lines unread; unread envelopes went back to the inbox",
+                                }
+                            )
+                        )
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _reader(self, conn: IpcConn, nursery: trio.Nursery) -> None:
+        buf = ipc.LineBuffer()
+        while True:
+            data = await conn.stream.receive_some(RECV_SIZE)
+            if not data:
+                if conn.subscribed:
+                    conn.scope.cancel()
+                return
+            for item in buf.feed(data):
+                if isinstance(item, IpcError):
+                    conn.send(ipc.error_reply(item.code, item.message))
+                    continue
+                try:
+                    request = ipc.parse_request(item)
+                    reply = self.dispatch(conn, request, nursery)
+                except IpcError as exc:
+                    conn.send(ipc.error_reply(exc.code, exc.message, exc.req))
+                    continue
+                except Exception as exc:  # a bug must not take the daemon down
+                    log.exception("IPC request failed")
+                    conn.send(ipc.error_reply("internal", f"internal error: {exc!r}"))
+                    continue
+                if reply is not None:
+                    conn.send(reply)
+
+    # -- commands ----------------------------------------------------------------------------------
+
+    def dispatch(
+        self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery
+    ) -> dict[str, Any] | None:
+        handler = getattr(self, "cmd_" + r.cmd)
+        try:
+            result: dict[str, Any] | None = handler(conn, r, nursery)
+        except IpcError as exc:
+            raise IpcError(exc.code, exc.message, req=r.req) from None
+        except EnvelopeError as exc:
+            raise IpcError(exc.code, exc.message, req=r.req) from None
+        except ConfigError as exc:
+            raise IpcError(ipc.BAD_REQUEST, exc.message, req=r.req) from None
+        return result
+
+    def _accept(
+        self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery, obj: dict[str, Any], to: str
+    ) -> dict[str, Any] | None:
+        node = self.node
+        env, wire = envelope_mod.complete(
+            obj, own_id=node.agent_id, to=to, now_ms=int(time.time() * 1000)
+        )
+        if env.to == node.agent_id:
+            raise IpcError(ipc.BAD_REQUEST, "cannot send to this daemon's own agent_id")
+        wait = r.args.get("wait", "accepted")
+        ticket = Ticket(conn, env.id, env.to, wait)
+        if wait == "response":
+            node.response_waiters[env.id] = ticket
+        try:
+            state = node.route(env, wire, ticket)
+        except IpcError:
+            node.response_waiters.pop(env.id, None)
+            raise
+        if wait == "accepted":
+            return ipc.ok_reply(r.req, msg_id=env.id, to=env.to, state=state)
+        timeout = float(r.args.get("timeout", ipc.DEFAULT_WAIT_TIMEOUT))
+        nursery.start_soon(self._await_ticket, conn, r, ticket, timeout)
+        return None
+
+    async def _await_ticket(
+        self, conn: IpcConn, r: ipc.Request, ticket: Ticket, timeout: float
+    ) -> None:
+        node = self.node
+        try:
+            with trio.move_on_after(timeout):
+                await ticket.done.wait()
+        finally:
+            if node.response_waiters.get(ticket.msg_id) is ticket:
+                del node.response_waiters[ticket.msg_id]
+        result = ticket.result or {}
+        if "error" in result:
+            conn.send(ipc.error_reply(result["error"], result["message"], r.req))
+        elif ticket.response is not None:
+            response = json.loads(ticket.response)["envelope"]
+            conn.send(
+                ipc.ok_reply(
+                    r.req, msg_id=ticket.msg_id, to=ticket.to, state="answered", response=response
+                )
+            )
+        elif ticket.wait == "acked" and result.get("acked"):
+            conn.send(ipc.ok_reply(r.req, msg_id=ticket.msg_id, to=ticket.to, state="acked"))
+        else:
+            what = "ACK" if ticket.wait == "acked" else "response"
+            acked = (
+                " (the peer ACKed it)" if result.get("acked") else " (it stays queued for the peer)"
+            )
+            conn.send(
+                ipc.error_reply(
+                    ipc.TIMEOUT, f"no {what} from {ticket.to} within {timeout:g} s{acked}", r.req
+                )
+            )
+
+    def cmd_send(
+        self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery
+    ) -> dict[str, Any] | None:
+        return self._accept(conn, r, nursery, r.args["envelope"], r.args["to"])
+
+    def cmd_reply(
+        self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery
+    ) -> dict[str, Any] | None:
+        msg_id = r.args["msg_id"]
+        to = r.args.get("to") or self.node.recent_inbound.get(msg_id)
+        if to is None:
+            raise IpcError(
+                "unknown_message",
+                f'no recent inbound envelope {msg_id!r}; pass "to" to reply to it anyway',
+            )
+        obj = {"kind": "response", "reply_to": msg_id, "payload": r.args["payload"]}
+        return self._accept(conn, r, nursery, obj, check_agent_id(to, what="to"))
+
+    def cmd_broadcast(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
+        node = self.node
+        obj = dict(r.args["envelope"])
+        if obj.get("to") is not None:
+            raise IpcError(
+                ipc.BAD_REQUEST, 'broadcast goes to every connected peer: leave out "to"'
+            )
+        connected = sorted(p.agent_id for p in node.peers.values() if p.connected)
+        if obj.get("id") is None:
+            obj["id"] = str(uuid.uuid4())  # one id for all: dedupe is per (from, id)
+        now_ms = int(time.time() * 1000)
+        # validate once even when nobody is connected, so a bad envelope is an error either way
+        envelope_mod.complete(
+            obj, own_id=node.agent_id, to=connected[0] if connected else "x", now_ms=now_ms
+        )
+        for agent_id in connected:
+            env, wire = envelope_mod.complete(obj, own_id=node.agent_id, to=agent_id, now_ms=now_ms)
+            node.route(env, wire, Ticket(conn, env.id, agent_id))
+        msg_id = obj["id"]
+        sent = connected
+        return ipc.ok_reply(r.req, msg_id=msg_id, to=sent)
+
+    def cmd_subscribe(
+        self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery
+    ) -> dict[str, Any] | None:
+        conn.send(ipc.ok_reply(r.req, subscribed=True))
+        conn.subscribed = True
+        self.node.subscribe(conn)
+        return None
+
+    def cmd_peers(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
+        now = trio.current_time()
+        rows = [p.describe(now) for _, p in sorted(self.node.peers.items())]
+        return ipc.ok_reply(r.req, peers=rows)
+
+    def cmd_status(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
+        node = self.node
+        stats = node.stats
+        return ipc.ok_reply(
+            r.req,
+            agent_id=node.agent_id,
+            version=__version__,
+            pid=os.getpid(),
+            fingerprint=node.identity.fingerprint,
+            pubkey=node.identity.public_b64,
+            uptime=round(trio.current_time() - node.started, 1),
+            port=node.port,
+            home=str(node.config.home),
+            trust=node.config.trust,
+            mdns=node.mdns_state,
+            peers_known=len(node.peers),
+            peers_connected=sum(1 for p in node.peers.values() if p.connected),
+            messages_sent=stats["acks_ok"],
+            messages_received=stats["messages_delivered"],
+            queued=sum(len(p.outbox) for p in node.peers.values()),
+            inbox=len(node.inbox),
+            subscribers=len(node.subscribers),
+            warnings=list(node.warnings),
+            counters=stats.snapshot(),
+        )
+
+    def cmd_id(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
+        node = self.node
+        return ipc.ok_reply(
+            r.req,
+            agent_id=node.agent_id,
+            pubkey=node.identity.public_b64,
+            fingerprint=node.identity.fingerprint,
+        )
+
+    def cmd_trust(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
+        from acp.config import split_hostport
+
+        node = self.node
+        agent_id = r.args["agent_id"]
+        if agent_id == node.agent_id:
+            raise IpcError(ipc.BAD_REQUEST, "that is this daemon's own agent_id")
+        key = decode_key(r.args["pubkey"], what="pubkey")
+        host = port = None
+        if r.args.get("addr"):
+            host, port = split_hostport(r.args["addr"], what="addr")
+        node.store.pin(agent_id, key)
+        if host is not None:
+            node.store.update(agent_id, host=host, port=port)
+        node.store.save()
+        peer = node.peer(agent_id)
+        if peer is None:
+            peer = node.add_peer(Peer(agent_id, pubkey=key, host=host, port=port, source="manual"))
+        else:
+            if peer.pubkey != key:
+                peer.close_sessions("key replaced by acp trust")
+            peer.pubkey = key
+            peer.key_changed = None
+            if host is not None:
+                peer.host, peer.port, peer.source = host, port, "manual"
+            peer.poke()
+        log.info("peer %s: key trusted by the user (%s)", agent_id, peer.fingerprint)
+        return ipc.ok_reply(
+            r.req, agent_id=agent_id, fingerprint=peer.fingerprint, pubkey=encode_key(key)
+        )
+
+    def cmd_forget(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
+        node = self.node
+        agent_id = r.args["agent_id"]
+        peer = node.remove_peer(agent_id, "forgotten")
+        known = node.store.forget(agent_id)
+        if peer is None and not known:
+            raise IpcError(ipc.UNKNOWN_PEER, f"no peer {agent_id!r} is known")
+        node.store.save()
+        log.info("peer %s: forgotten by the user", agent_id)
+        return ipc.ok_reply(r.req, agent_id=agent_id, forgotten=True)

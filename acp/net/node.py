@@ -1,0 +1,217 @@
+"""The daemon's shared state and the message paths that cross peers and local clients.
+
+``Node`` owns the peer table, the local inbox and subscribers, and the bookkeeping that ties a
+local ``send`` to the peer's ACK (and, with ``wait: response``, to the answer). Tasks live
+elsewhere (peers.py, listener.py, ipc_server.py); everything here is synchronous, so a session's
+reader can deliver without ever waiting on a slow local client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from acp.config import Config
+from acp.errors import IpcError
+from acp.identity import Identity
+from acp.model import Ack, Envelope
+from acp.net.peer import Peer
+from acp.net.stats import Stats
+from acp.proto import ipc
+from acp.proto.delivery import Inbox, OutboxEntry, OutboxFull, SeenWindow
+from acp.store import PeerStore
+
+if TYPE_CHECKING:
+    from acp.net.ipc_server import IpcConn
+
+log = logging.getLogger(__name__)
+
+RECENT_INBOUND = 10_000  # inbound envelope ids remembered for `acp reply`
+
+
+@attrs.define(eq=False)
+class Ticket:
+    """Ties one accepted envelope to the IPC connection that sent it."""
+
+    conn: IpcConn | None
+    msg_id: str
+    to: str
+    wait: str = "accepted"
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: dict[str, Any] | None = None  # {"acked": True} | {"error": code, "message": ...}
+    response: bytes | None = None  # the inbound response line, for wait=response
+
+    def resolve(self, result: dict[str, Any]) -> None:
+        if self.result is None:
+            self.result = result
+        if self.wait != "response" or "error" in result:
+            self.done.set()
+
+
+class Node:
+    def __init__(self, config: Config, identity: Identity, store: PeerStore) -> None:
+        self.config = config
+        self.identity = identity
+        self.store = store
+        self.agent_id = config.agent_id
+        self.stats = Stats()
+        self.peers: dict[str, Peer] = {}
+        self.inbox: Inbox[bytes] = Inbox(limit=config.inbox_limit)
+        self.seen = SeenWindow()
+        self.subscribers: list[IpcConn] = []
+        self.conns: set[IpcConn] = set()
+        self.response_waiters: dict[str, Ticket] = {}
+        self.recent_inbound: OrderedDict[str, str] = OrderedDict()
+        self.started_wall = time.time()
+        self.started = trio.current_time()
+        self.port: int | None = None
+        self.mdns_state = "off"  # off | starting | running | failed: ... (see discovery.py)
+        self.warnings: list[str] = []  # shown by `acp status` (e.g. our agent_id claimed elsewhere)
+        self.peers_changed = trio.Event()
+        self.on_peer_added: Any = None  # set by the peer manager: starts a supervisor
+
+    # -- the peer table ----------------------------------------------------------------------------
+
+    def peer(self, agent_id: str) -> Peer | None:
+        return self.peers.get(agent_id)
+
+    def add_peer(self, peer: Peer) -> Peer:
+        self.peers[peer.agent_id] = peer
+        peer.learned_at = trio.current_time()
+        if self.on_peer_added is not None:
+            self.on_peer_added(peer)
+        self._peers_changed()
+        return peer
+
+    def remove_peer(self, agent_id: str, reason: str) -> Peer | None:
+        peer = self.peers.pop(agent_id, None)
+        if peer is None:
+            return None
+        peer.close_sessions(reason)
+        if peer.scope is not None:
+            peer.scope.cancel()
+        for entry in peer.outbox.drain():
+            self.undelivered(entry, agent_id, reason)
+        self._peers_changed()
+        return peer
+
+    def _peers_changed(self) -> None:
+        self.peers_changed.set()
+        self.peers_changed = trio.Event()
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    def route(self, env: Envelope, wire: bytes, ticket: Ticket) -> str:
+        """Queue an envelope for its peer; return ``sending`` or ``queued``."""
+        peer = self.peers.get(env.to)
+        if peer is None:
+            raise IpcError(
+                ipc.UNKNOWN_PEER,
+                f"no peer {env.to!r} is known: not discovered, not in config.toml [[peers]], "
+                "not in peers.json (see `acp peers`)",
+            )
+        try:
+            peer.outbox.put(env.id, wire, urgent=env.urgent, now=trio.current_time(), origin=ticket)
+        except OutboxFull as exc:
+            self.stats.inc("outbox_full")
+            raise IpcError("outbox_full", f"{env.to}: {exc}; try again later") from None
+        self.stats.inc("messages_accepted")
+        peer.wake_writer()
+        return "sending" if peer.connected else "queued"
+
+    def on_ack(self, peer: Peer, ack: Ack) -> None:
+        entry = peer.outbox.ack(ack.id)
+        if entry is None:
+            self.stats.inc("acks_unmatched")
+            return
+        if ack.ok:
+            self.stats.inc("acks_ok")
+            if isinstance(entry.origin, Ticket):
+                entry.origin.resolve({"acked": True})
+        else:
+            self.stats.inc("acks_refused")
+            log.warning("peer %s refused envelope %s: %s", peer.agent_id, ack.id, ack.error)
+            self.undelivered(entry, peer.agent_id, ack.error or "refused")
+
+    def undelivered(self, entry: OutboxEntry, to: str, reason: str) -> None:
+        """Tell the sender (if still connected) and every subscriber that an envelope is lost."""
+        self.stats.inc(f"undelivered.{reason}")
+        event = {"event": "undelivered", "msg_id": entry.id, "to": to, "reason": reason}
+        ticket = entry.origin if isinstance(entry.origin, Ticket) else None
+        told: set[int] = set()
+        if ticket is not None:
+            ticket.resolve(
+                {"error": "undelivered", "message": f"{to} did not take {entry.id}: {reason}"}
+            )
+            self.response_waiters.pop(entry.id, None)
+            if ticket.conn is not None and not ticket.conn.closed and ticket.wait == "accepted":
+                ticket.conn.send(event)
+                told.add(id(ticket.conn))
+        for conn in self.subscribers:
+            if id(conn) not in told:
+                conn.send(event)
+
+    def expire(self) -> None:
+        now = trio.current_time()
+        for peer in list(self.peers.values()):
+            for entry in peer.outbox.expire(now):
+                self.undelivered(entry, peer.agent_id, "expired")
+
+    # -- receiving ---------------------------------------------------------------------------------
+
+    def deliver_inbound(self, peer: Peer, env: Envelope, body: bytes) -> str | None:
+        """Hand an envelope to local clients; return None (ACK ok) or the ACK error code."""
+        key = (env.from_, env.id)
+        now = trio.current_time()
+        if key in self.seen:
+            self.stats.inc("duplicates")
+            return None
+        peer.last_seen = time.time()
+        if b"\n" in body or b"\r" in body:  # keep the push on one line
+            body = ipc.encode(env.to_dict())[:-1]
+        line = b'{"inbound":true,"envelope":' + body + b"}\n"
+        if env.kind == "response" and env.reply_to is not None:
+            ticket = self.response_waiters.get(env.reply_to)
+            if ticket is not None and ticket.to == env.from_:
+                del self.response_waiters[env.reply_to]
+                ticket.response = line
+                ticket.done.set()
+                self.seen.check_and_add(key, now)
+                self.stats.inc("messages_delivered")
+                return None
+        if self.subscribers:
+            for conn in list(self.subscribers):
+                conn.push_inbound(line)
+        elif not self.inbox.put(line):
+            self.stats.inc("inbox_full")
+            log.warning("inbox full (%d): refusing %s from %s", self.inbox.limit, env.id, env.from_)
+            return "inbox_full"
+        self.seen.check_and_add(key, now)
+        self.recent_inbound[env.id] = env.from_
+        if len(self.recent_inbound) > RECENT_INBOUND:
+            self.recent_inbound.popitem(last=False)
+        self.stats.inc("messages_delivered")
+        return None
+
+    def subscribe(self, conn: IpcConn) -> None:
+        if conn not in self.subscribers:
+            self.subscribers.append(conn)
+            for line in self.inbox.take_all():
+                conn.push_inbound(line)
+
+    def unsubscribe(self, conn: IpcConn, unsent: Iterable[bytes] = ()) -> None:
+        """Forget a subscriber; lines it never received go back to the inbox if nobody else has them."""
+        if conn in self.subscribers:
+            self.subscribers.remove(conn)
+        unsent = list(unsent)
+        if unsent and not self.subscribers:
+            self.inbox.put_back(unsent)
+        elif unsent:
+            # the other subscribers received them already
+            self.stats.inc("pushes_dropped_slow_client", len(unsent))

@@ -1,0 +1,379 @@
+"""One peer: its outbox, its sessions, and the three tasks of a session (reader, writer, keepalive).
+
+Why this shape: each TCP stream has exactly one writer task, the only caller of ``send_all``; the
+reader never blocks on anything but the socket, and queues ACK/PONG/PING for the writer. The writer
+batches what is queued (control frames first, then envelopes from the peer's outbox) into one
+``send_all``, encrypting frame by frame. A peer may briefly have two sessions (both sides dialled, or
+a reconnect); ``Peer.offer`` applies PROTOCOL.md §4's rules and only the active session drains the
+outbox. Whatever a session had sent without an ACK goes back to the front of the outbox when the
+session ends, so a reconnect resends it in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from acp.errors import EnvelopeError, ProtocolError
+from acp.model import Ack, encode_key, fingerprint
+from acp.proto import envelope as envelope_mod
+from acp.proto import session as frames
+from acp.proto.delivery import Outbox
+from acp.proto.framing import FrameDecoder
+from acp.proto.noise import TransportKeys
+
+if TYPE_CHECKING:
+    from acp.net.node import Node
+
+log = logging.getLogger(__name__)
+
+RECV_SIZE = 256 * 1024
+BATCH_BYTES = 256 * 1024  # envelopes gathered into one send_all at most
+BYE_GRACE = 0.5  # seconds for a best-effort BYE on close
+TCP_KEEPALIVE = 30  # seconds (SPEC §4)
+
+# Peer states shown by `acp peers`.
+DISCOVERED = "discovered"
+CONNECTING = "connecting"
+CONNECTED = "connected"
+BACKOFF = "backoff"
+WAITING = "waiting"  # higher agent_id: waiting for the lower side to dial
+KEY_CHANGED = "key_changed"
+REFUSED = "refused"
+STALE = "stale"
+IDLE = "idle"  # known (pinned) but no address to dial
+
+
+class SessionEnded(Exception):
+    """A session ended for a reason that is not an error of ours (EOF, BYE, dead, replaced)."""
+
+
+def set_keepalive(stream: trio.abc.Stream) -> None:
+    """TCP keepalive on, probing after 30 s idle every 30 s (SPEC §4)."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:  # a memory stream in tests
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, TCP_KEEPALIVE)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, TCP_KEEPALIVE)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except OSError:
+        pass
+
+
+def _frame(keys: TransportKeys, plaintext: bytes) -> bytes:
+    ct = keys.send.encrypt(plaintext)
+    return len(ct).to_bytes(4, "big") + ct
+
+
+@attrs.define(eq=False)
+class Session:
+    """An established Noise session with one peer over one TCP stream."""
+
+    node: Node
+    peer: Peer
+    stream: trio.abc.Stream
+    keys: TransportKeys
+    decoder: FrameDecoder
+    initiator_id: str
+    outbound: bool
+    remote_addr: tuple[str, int] | None = None
+    confirmed: bool = False
+    control: deque[bytes] = attrs.field(factory=deque)
+    wake: trio.Event = attrs.field(factory=trio.Event)
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    last_recv: float = 0.0
+    last_sent: float = 0.0
+    started: float = 0.0
+    end_reason: str = ""
+    bye_reason: str | None = None
+    _pings: dict[bytes, float] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        self.confirmed = self.outbound  # the initiator knows at message 2; the responder later
+        self.last_recv = self.last_sent = self.started = trio.current_time()
+
+    @property
+    def active(self) -> bool:
+        return self.peer.active is self
+
+    def queue_control(self, plaintext: bytes) -> None:
+        self.control.append(plaintext)
+        self.wake.set()
+
+    def send_ping(self, now: float) -> None:
+        """Queue a PING; its PONG gives the RTT shown by `acp peers`."""
+        data = os.urandom(frames.PING_LEN)
+        self._pings[data] = now
+        if len(self._pings) > 8:
+            self._pings.pop(next(iter(self._pings)))
+        self.queue_control(frames.encode_ping(data))
+
+    def close(self, reason: str, *, bye: str | None = None) -> None:
+        """End the session from outside (replaced, forgotten); BYE ``bye`` if given."""
+        if not self.end_reason:
+            self.end_reason = reason
+        self.bye_reason = bye
+        self.scope.cancel()
+
+    async def run(self) -> str:
+        """Run until the session ends; return why. Never raises for peer or network trouble."""
+        node, peer = self.node, self.peer
+        reason = ""
+        try:
+            with self.scope:
+                try:
+                    if self.outbound:
+                        # the responder counts the session confirmed at our first frame: send it now
+                        self.send_ping(trio.current_time())
+                        if not peer.offer(self):
+                            self.bye_reason = "duplicate session"
+                            raise SessionEnded("duplicate session: keeping the other one")
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._reader)
+                        nursery.start_soon(self._writer)
+                        nursery.start_soon(self._keepalive)
+                except* SessionEnded as eg:
+                    reason = str(eg.exceptions[0])
+                except* ProtocolError as eg:
+                    exc = eg.exceptions[0]
+                    reason = f"protocol error: {exc}"
+                    node.stats.inc("protocol_errors")
+                    log.warning("peer %s: %s; closing the session", peer.agent_id, exc)
+                    self.bye_reason = f"protocol error: {exc}"
+                except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as eg:
+                    reason = f"connection lost: {eg.exceptions[0]!r}"
+            if self.scope.cancelled_caught and self.end_reason:
+                reason = self.end_reason
+        finally:
+            if not reason and not self.end_reason:  # cancelled from outside: the daemon stops
+                self.bye_reason = "shutting down"
+            self.end_reason = self.end_reason or reason or "closed"
+            peer.session_ended(self)
+            with trio.CancelScope(shield=True), trio.move_on_after(BYE_GRACE):
+                if self.bye_reason is not None:
+                    try:
+                        await self.stream.send_all(
+                            _frame(self.keys, frames.encode_bye(self.bye_reason))
+                        )
+                    except (
+                        trio.BrokenResourceError,
+                        trio.ClosedResourceError,
+                        OSError,
+                        ProtocolError,
+                    ):
+                        pass
+                await self.stream.aclose()
+        return self.end_reason
+
+    # -- tasks -------------------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        keys, outbox, stream = self.keys, self.peer.outbox, self.stream
+        stats = self.node.stats
+        while True:
+            chunks: list[bytes] = []
+            control = self.control
+            while control:
+                chunks.append(_frame(keys, control.popleft()))
+            if self.confirmed and self.peer.active is self:
+                batch = outbox.take_batch(BATCH_BYTES)
+                for entry in batch:
+                    chunks.append(_frame(keys, b"\x01" + entry.wire))
+                if batch:
+                    stats.inc("envelopes_sent", len(batch))
+            if chunks:
+                data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+                await stream.send_all(data)
+                self.last_sent = trio.current_time()
+                stats.inc("bytes_sent", len(data))
+            else:
+                await self.wake.wait()
+                self.wake = trio.Event()
+
+    async def _reader(self) -> None:
+        decoder, recv, stream = self.decoder, self.keys.recv, self.stream
+        while True:
+            while (body := decoder.next_frame()) is not None:
+                self._handle(recv.decrypt(body))
+            data = await stream.receive_some(RECV_SIZE)
+            if not data:
+                raise SessionEnded("peer closed the connection")
+            self.last_recv = trio.current_time()
+            self.node.stats.inc("bytes_received", len(data))
+            decoder.feed(data)
+
+    async def _keepalive(self) -> None:
+        while True:
+            now = trio.current_time()
+            if now - self.last_recv >= frames.DEAD_AFTER:
+                raise SessionEnded(f"nothing received for {frames.DEAD_AFTER:.0f} s")
+            if now - self.last_sent >= frames.PING_IDLE:
+                self.send_ping(now)
+                self.last_sent = now  # the writer will send it at once
+            await trio.sleep_until(
+                min(self.last_recv + frames.DEAD_AFTER, self.last_sent + frames.PING_IDLE)
+            )
+
+    # -- frames in ---------------------------------------------------------------------------------
+
+    def _handle(self, plaintext: bytes) -> None:
+        frame = frames.decode(plaintext)
+        if not self.confirmed:
+            self.confirmed = True  # first transport frame decrypted: the initiator holds the keys
+            if not self.peer.offer(self):
+                self.bye_reason = "duplicate session"
+                raise SessionEnded("duplicate session: keeping the other one")
+        if isinstance(frame, frames.EnvelopeFrame):
+            self._on_envelope(frame.body)
+        elif isinstance(frame, frames.AckFrame):
+            self.node.on_ack(self.peer, frame.ack)
+        elif isinstance(frame, frames.Ping):
+            self.queue_control(frames.encode_pong(frame.data))
+        elif isinstance(frame, frames.Pong):
+            sent = self._pings.pop(frame.data, None)
+            if sent is not None:
+                self.peer.rtt = trio.current_time() - sent
+        elif isinstance(frame, frames.Bye):
+            raise SessionEnded(f"peer said BYE: {frame.reason[:200]}")
+        # Unknown frame types are ignored (PROTOCOL.md §5).
+
+    def _on_envelope(self, body: bytes) -> None:
+        node = self.node
+        node.stats.inc("envelopes_received")
+        try:
+            env = envelope_mod.parse(body)
+            envelope_mod.check_route(env, session_peer=self.peer.agent_id, own_id=node.agent_id)
+        except EnvelopeError as exc:
+            if exc.fatal or exc.envelope_id is None:
+                raise
+            node.stats.inc(f"envelopes_refused.{exc.code}")
+            log.warning(
+                "peer %s: refused envelope %s: %s", self.peer.agent_id, exc.envelope_id, exc
+            )
+            self.queue_control(frames.encode_ack(Ack(exc.envelope_id, False, exc.code)))
+            return
+        error = node.deliver_inbound(self.peer, env, body)
+        self.queue_control(frames.encode_ack(Ack(env.id, error is None, error)))
+
+
+@attrs.define(eq=False)
+class Peer:
+    """Everything the daemon knows about one other agent."""
+
+    agent_id: str
+    pubkey: bytes | None = attrs.field(default=None, repr=False)
+    host: str | None = None
+    port: int | None = None
+    source: str = "cache"  # static | mdns | cache | incoming | manual
+    state: str = IDLE
+    outbox: Outbox = attrs.field(factory=Outbox)
+    active: Session | None = None
+    sessions: set[Session] = attrs.field(factory=set)
+    key_changed: bytes | None = attrs.field(default=None, repr=False)  # the other key announced
+    last_error: str | None = None
+    last_seen: float | None = None  # wall clock, s
+    mdns_seen: float | None = None  # trio clock: last mDNS refresh
+    learned_at: float = 0.0  # trio clock
+    next_try: float | None = None  # trio clock
+    rtt: float | None = None
+    connected_since: float | None = None  # wall clock
+    scope: trio.CancelScope | None = None  # the supervisor's
+    kick: trio.Event = attrs.field(factory=trio.Event)
+    changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def poke(self) -> None:
+        """Wake the supervisor: an address changed, a key was trusted, a session came or went."""
+        self.kick.set()
+        self.kick = trio.Event()
+
+    def _changed(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    @property
+    def fingerprint(self) -> str | None:
+        return fingerprint(self.pubkey) if self.pubkey else None
+
+    @property
+    def connected(self) -> bool:
+        return self.active is not None
+
+    def wake_writer(self) -> None:
+        if self.active is not None:
+            self.active.wake.set()
+
+    def offer(self, session: Session) -> bool:
+        """PROTOCOL.md §4: decide whether ``session`` becomes the active one."""
+        current = self.active
+        self.sessions.add(session)
+        if current is not None and current is not session:
+            same_initiator = current.initiator_id == session.initiator_id
+            # bytewise UTF-8 order equals str order for the ASCII agent_id alphabet
+            if not same_initiator and session.initiator_id > current.initiator_id:
+                self.sessions.discard(session)
+                return False
+            current.close("replaced by a newer session", bye="replaced by a newer session")
+        self.active = session
+        self.outbox.session_lost()  # anything in flight on the old session is resent here
+        self.state = CONNECTED
+        self.last_error = None
+        self.connected_since = time.time()
+        self.last_seen = time.time()
+        session.wake.set()
+        self.poke()
+        self._changed()
+        log.info(
+            "peer %s: session up (%s, initiator %s)",
+            self.agent_id,
+            "outbound" if session.outbound else "inbound",
+            session.initiator_id,
+        )
+        return True
+
+    def session_ended(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if self.active is session:
+            self.active = None
+            self.outbox.session_lost()
+            self.connected_since = None
+            self.last_seen = time.time()
+            if self.state == CONNECTED:
+                self.state = DISCOVERED
+            self.last_error = session.end_reason or None
+            log.info("peer %s: session down: %s", self.agent_id, session.end_reason)
+            self.poke()
+            self._changed()
+
+    def close_sessions(self, reason: str) -> None:
+        for s in list(self.sessions):
+            s.close(reason, bye=reason)
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """The row `acp peers` shows."""
+        return {
+            "id": self.agent_id,
+            "addr": self.host,
+            "port": self.port,
+            "status": self.state,
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "pubkey": encode_key(self.pubkey) if self.pubkey else None,
+            "last_seen": self.last_seen,
+            "rtt_ms": round(self.rtt * 1000, 3) if self.rtt is not None else None,
+            "queued": len(self.outbox),
+            "next_try_in": round(max(0.0, self.next_try - now), 1)
+            if self.next_try is not None and self.state == BACKOFF
+            else None,
+            "last_error": self.last_error,
+            "announced_fingerprint": fingerprint(self.key_changed) if self.key_changed else None,
+        }

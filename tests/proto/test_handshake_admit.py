@@ -1,0 +1,142 @@
+"""The responder's admission rules and the initiator's ts (PROTOCOL.md §4)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from acp.errors import HandshakeError
+from acp.proto import handshake
+from acp.proto.handshake import (
+    KEY_MISMATCH,
+    NOT_TRUSTED,
+    REPLAY,
+    TRUST_POLICIES,
+    WRONG_PEER,
+    Hello,
+    Refused,
+    admit,
+    next_ts,
+)
+
+KEY_A = b"\xaa" * 32
+KEY_B = b"\xbb" * 32
+HELLO = Hello(agent_id="agent-one", ts=1000, port=7100)
+
+
+def test_trust_policies() -> None:
+    assert TRUST_POLICIES == ("tofu", "explicit")
+
+
+@pytest.mark.parametrize("trust", TRUST_POLICIES)
+def test_held_key_match_is_admitted_without_pin(trust: str) -> None:
+    assert admit(HELLO, KEY_A, held_key=KEY_A, last_accepted_ts=None, trust=trust) is False
+    assert admit(HELLO, KEY_A, held_key=KEY_A, last_accepted_ts=999, trust=trust) is False
+
+
+@pytest.mark.parametrize("trust", TRUST_POLICIES)
+def test_held_key_mismatch_is_refused(trust: str) -> None:
+    with pytest.raises(Refused) as info:
+        admit(HELLO, KEY_B, held_key=KEY_A, last_accepted_ts=None, trust=trust)
+    assert info.value.reason == KEY_MISMATCH
+    assert isinstance(info.value, HandshakeError)
+    assert "agent-one" in str(info.value)
+
+
+def test_tofu_pins_unknown_agent() -> None:
+    assert admit(HELLO, KEY_B, held_key=None, last_accepted_ts=None, trust="tofu") is True
+
+
+def test_explicit_refuses_unknown_agent() -> None:
+    with pytest.raises(Refused) as info:
+        admit(HELLO, KEY_B, held_key=None, last_accepted_ts=None, trust="explicit")
+    assert info.value.reason == NOT_TRUSTED
+
+
+@pytest.mark.parametrize(
+    ("last", "admitted"),
+    [(None, True), (0, True), (999, True), (1000, False), (1001, False), (10**15, False)],
+)
+@pytest.mark.parametrize("held", [KEY_A, None])
+def test_ts_must_be_above_last_accepted(
+    last: int | None, admitted: bool, held: bytes | None
+) -> None:
+    if admitted:
+        admit(HELLO, KEY_A, held_key=held, last_accepted_ts=last, trust="tofu")
+    else:
+        with pytest.raises(Refused) as info:
+            admit(HELLO, KEY_A, held_key=held, last_accepted_ts=last, trust="tofu")
+        assert info.value.reason == REPLAY
+
+
+def test_key_mismatch_wins_over_replay() -> None:
+    with pytest.raises(Refused) as info:
+        admit(HELLO, KEY_B, held_key=KEY_A, last_accepted_ts=5000, trust="tofu")
+    assert info.value.reason == KEY_MISMATCH
+
+
+def test_replayed_handshake_sequence() -> None:
+    """A responder that records each accepted ts refuses a replay of any earlier message 1."""
+    last: int | None = None
+    for ts in (10, 11, 50):
+        admit(
+            Hello("agent-one", ts, None),
+            KEY_A,
+            held_key=KEY_A,
+            last_accepted_ts=last,
+            trust="explicit",
+        )
+        last = ts
+    for ts in (10, 11, 50):
+        with pytest.raises(Refused):
+            admit(
+                Hello("agent-one", ts, None),
+                KEY_A,
+                held_key=KEY_A,
+                last_accepted_ts=last,
+                trust="explicit",
+            )
+    admit(
+        Hello("agent-one", 51, None), KEY_A, held_key=KEY_A, last_accepted_ts=last, trust="explicit"
+    )
+
+
+@pytest.mark.parametrize(
+    ("now", "last", "expected"),
+    [(1000, None, 1000), (1000, 999, 1000), (1000, 1000, 1001), (1000, 5000, 5001), (0, None, 0)],
+)
+def test_next_ts(now: int, last: int | None, expected: int) -> None:
+    assert next_ts(now, last) == expected
+
+
+@given(st.lists(st.integers(0, 2**45), min_size=1, max_size=30), st.none() | st.integers(0, 2**45))
+@settings(max_examples=200, deadline=None)
+def test_next_ts_strictly_increases_whatever_the_clock(clock: list[int], start: int | None) -> None:
+    """Even if the clock jumps back (or the daemon restarts with its saved ts), ts goes up."""
+    last = start
+    for now in clock:
+        ts = next_ts(now, last)
+        assert ts >= now
+        if last is not None:
+            assert ts > last
+        last = ts
+
+
+def test_parse_welcome_wrong_agent() -> None:
+    with pytest.raises(Refused) as info:
+        handshake.parse_welcome(b'{"v":1,"agent_id":"agent-three"}', expected_agent_id="agent-two")
+    assert info.value.reason == WRONG_PEER
+    assert (
+        handshake.parse_welcome(
+            b'{"v":1,"agent_id":"agent-two","extra":1}', expected_agent_id="agent-two"
+        )
+        == "agent-two"
+    )
+
+
+def test_refused_reasons_are_distinct() -> None:
+    reasons = {KEY_MISMATCH, NOT_TRUSTED, REPLAY, handshake.BAD_PAYLOAD, WRONG_PEER}
+    assert len(reasons) == 5
+    assert handshake.PROLOGUE == b"acp-v1"
+    assert handshake.HANDSHAKE_TIMEOUT == 5.0
