@@ -146,7 +146,9 @@ class Client:
         obj: dict[str, Any] = json.loads(line)
         return obj
 
-    def request(self, cmd: str, *, read_timeout: float | None = 30.0, **args: Any) -> dict[str, Any]:
+    def request(
+        self, cmd: str, *, read_timeout: float | None = 30.0, **args: Any
+    ) -> dict[str, Any]:
         """Send one request and return its reply; RequestFailed if the daemon says ok: false."""
         self.connect()
         assert self._sock is not None

@@ -96,7 +96,7 @@ async def run_daemon(
                 if config.mdns:
                     from acp.net import discovery
 
-                    await nursery.start(discovery.run, node)
+                    await nursery.start(discovery.run, node)  # type: ignore[attr-defined]
                 nursery.start_soon(_expiry, node)
                 nursery.start_soon(_flush_store, node)
                 await nursery.start(stats.run, node.stats, config.stats_interval)

@@ -155,7 +155,7 @@ class IpcServer:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        await trio.serve_listeners(self._handle, [listener], task_status=task_status)
+        await trio.serve_listeners(self._handle, [listener], task_status=task_status)  # type: ignore[arg-type]
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         node = self.node
@@ -417,7 +417,11 @@ class IpcServer:
         node.store.save()
         peer = node.peer(agent_id)
         if peer is None:
-            peer = node.add_peer(Peer(agent_id, pubkey=key, host=host, port=port, source="manual"))
+            peer = node.add_peer(
+                Peer(
+                    agent_id, pubkey=key, host=host, port=port, source="manual" if host else "cache"
+                )
+            )
         else:
             if peer.pubkey != key:
                 peer.close_sessions("key replaced by acp trust")

@@ -52,7 +52,7 @@ async def serve(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     limiter = trio.CapacityLimiter(MAX_PENDING_HANDSHAKES)
-    await trio.serve_listeners(partial(_handle, node, limiter), listeners, task_status=task_status)
+    await trio.serve_listeners(partial(_handle, node, limiter), listeners, task_status=task_status)  # type: ignore[arg-type]
 
 
 async def _handle(node: Node, limiter: trio.CapacityLimiter, stream: trio.SocketStream) -> None:

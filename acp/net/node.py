@@ -20,8 +20,8 @@ import trio
 from acp.config import Config
 from acp.errors import IpcError
 from acp.identity import Identity
-from acp.model import Ack, Envelope
-from acp.net.peer import Peer
+from acp.model import Ack, Envelope, fingerprint
+from acp.net.peer import KEY_CHANGED, REFUSED, Peer
 from acp.net.stats import Stats
 from acp.proto import ipc
 from acp.proto.delivery import Inbox, OutboxEntry, OutboxFull, SeenWindow
@@ -74,6 +74,7 @@ class Node:
         self.mdns_state = "off"  # off | starting | running | failed: ... (see discovery.py)
         self.warnings: list[str] = []  # shown by `acp status` (e.g. our agent_id claimed elsewhere)
         self.peers_changed = trio.Event()
+        self.sessions_changed = trio.Event()
         self.on_peer_added: Any = None  # set by the peer manager: starts a supervisor
 
     # -- the peer table ----------------------------------------------------------------------------
@@ -84,6 +85,7 @@ class Node:
     def add_peer(self, peer: Peer) -> Peer:
         self.peers[peer.agent_id] = peer
         peer.learned_at = trio.current_time()
+        peer.notify = self._sessions_changed
         if self.on_peer_added is not None:
             self.on_peer_added(peer)
         self._peers_changed()
@@ -101,9 +103,110 @@ class Node:
         self._peers_changed()
         return peer
 
+    def _sessions_changed(self) -> None:
+        self.sessions_changed.set()
+        self.sessions_changed = trio.Event()
+
+    # -- what mDNS says ----------------------------------------------------------------------------
+
+    def discovered(
+        self, agent_id: str, pubkey: bytes, host: str, port: int, *, boot: str | None
+    ) -> None:
+        """An mDNS announcement, validated; checks the key against the pin (PROTOCOL.md §2, §4)."""
+        now = trio.current_time()
+        rec = self.store.get(agent_id)
+        pinned = rec.pubkey if rec is not None else None
+        peer = self.peers.get(agent_id)
+        if peer is None:
+            peer = Peer(agent_id, pubkey=pinned or pubkey, host=host, port=port, source="mdns")
+            peer.mdns_seen, peer.boot = now, boot
+            self._check_key(peer, pubkey, pinned)
+            self.add_peer(peer)
+            log.info("peer %s: discovered at %s:%s", agent_id, host, port)
+            return
+        peer.mdns_seen = now
+        if peer.pubkey is None and pinned is None and not self._check_key(peer, pubkey, None):
+            return
+        if peer.pubkey is not None and pubkey != peer.pubkey:
+            self._check_key(peer, pubkey, peer.pubkey)
+            return  # that address belongs to whoever announced the other key: do not dial it
+        if peer.pubkey is None:
+            peer.pubkey = pubkey
+        moved = (host, port) != (peer.host, peer.port) or boot != peer.boot
+        peer.boot = boot
+        if peer.source not in ("static", "manual"):
+            peer.host, peer.port, peer.source = host, port, "mdns"
+        if moved and not peer.connected:
+            log.info("peer %s: announced at %s:%s: dialling at once", agent_id, host, port)
+            peer.poke()
+
+    def _check_key(self, peer: Peer, announced: bytes, held: bytes | None) -> bool:
+        """True if ``announced`` may be used; otherwise mark the peer and say why, loudly, once."""
+        if held is None and self.config.trust == "explicit":
+            peer.pubkey = None
+            if peer.key_changed != announced:
+                peer.key_changed = announced
+                peer.state = REFUSED
+                peer.last_error = (
+                    "not trusted (trust = explicit): check its fingerprint, then `acp trust`"
+                )
+                self.stats.inc("peers_untrusted")
+                log.warning(
+                    "peer %s: announced key %s is not trusted (trust = explicit)",
+                    peer.agent_id,
+                    fingerprint(announced),
+                )
+            return False
+        if held is not None and announced != held:
+            if peer.key_changed != announced:
+                peer.key_changed = announced
+                if not peer.connected:
+                    peer.state = KEY_CHANGED
+                peer.last_error = (
+                    f"announced key {fingerprint(announced)} is not the pinned "
+                    f"{fingerprint(held)}: `acp trust` or `acp forget` it"
+                )
+                self.stats.inc("peers_key_changed")
+                log.warning(
+                    "peer %s: KEY CHANGED: mDNS announces %s but %s is pinned; not dialling it "
+                    "until `acp trust %s <key>` or `acp forget %s`",
+                    peer.agent_id,
+                    fingerprint(announced),
+                    fingerprint(held),
+                    peer.agent_id,
+                    peer.agent_id,
+                )
+                peer.poke()
+            return False
+        return True
+
+    def mdns_gone(self, agent_id: str) -> None:
+        """A goodbye: the peer is stale at the next sweep unless a session is alive."""
+        peer = self.peers.get(agent_id)
+        if peer is not None:
+            peer.mdns_seen = None
+            peer.learned_at = min(peer.learned_at, trio.current_time() - 3600)
+
+    def expire_stale(self, after: float) -> None:
+        """Drop peers neither refreshed by mDNS nor connected for ``after`` seconds (§2)."""
+        now = trio.current_time()
+        for peer in list(self.peers.values()):
+            if peer.source in ("static", "manual") or peer.connected or len(peer.outbox):
+                continue
+            last = peer.mdns_seen if peer.mdns_seen is not None else peer.learned_at
+            if now - last >= after:
+                log.info(
+                    "peer %s: stale (no mDNS refresh and no session for %.0f s): dropped",
+                    peer.agent_id,
+                    now - last,
+                )
+                self.stats.inc("peers_stale")
+                self.remove_peer(peer.agent_id, "stale")
+
     def _peers_changed(self) -> None:
         self.peers_changed.set()
         self.peers_changed = trio.Event()
+        self.sessions_changed = trio.Event()
 
     # -- sending -----------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -290,6 +291,8 @@ class Peer:
     scope: trio.CancelScope | None = None  # the supervisor's
     kick: trio.Event = attrs.field(factory=trio.Event)
     changed: trio.Event = attrs.field(factory=trio.Event)
+    boot: str | None = None  # the per-boot TXT value last announced
+    notify: Callable[[], None] | None = None  # the node's "sessions changed"
 
     def poke(self) -> None:
         """Wake the supervisor: an address changed, a key was trusted, a session came or went."""
@@ -299,6 +302,8 @@ class Peer:
     def _changed(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+        if self.notify is not None:
+            self.notify()
 
     @property
     def fingerprint(self) -> str | None:

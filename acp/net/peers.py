@@ -17,7 +17,7 @@ import trio
 from acp.errors import HandshakeError, ProtocolError
 from acp.net import handshake
 from acp.net.node import Node
-from acp.net.peer import BACKOFF, CONNECTING, DISCOVERED, IDLE, KEY_CHANGED, WAITING, Peer
+from acp.net.peer import BACKOFF, CONNECTING, DISCOVERED, IDLE, KEY_CHANGED, REFUSED, WAITING, Peer
 from acp.proto import handshake as hs
 from acp.proto.backoff import Backoff
 
@@ -97,7 +97,10 @@ class PeerManager:
                     backoff.reset()
                     continue
                 if not self.dialable(peer):
-                    peer.state = KEY_CHANGED if peer.key_changed is not None else IDLE
+                    if peer.key_changed is not None:
+                        peer.state = REFUSED if peer.pubkey is None else KEY_CHANGED
+                    else:
+                        peer.state = IDLE
                     await peer.kick.wait()
                     continue
                 if not we_dial_first:
@@ -150,6 +153,11 @@ class PeerManager:
             log.info("peer %s: dial %s:%s failed: %s", peer.agent_id, host, port, exc)
             return False
         node.stats.inc("sessions_outbound")
+        rec = node.store.get(peer.agent_id)
+        if rec is None or rec.pubkey is None:
+            assert peer.pubkey is not None
+            node.store.pin(peer.agent_id, peer.pubkey)  # tofu: the handshake proved the key
+            log.info("peer %s: pinned its key %s (trust = tofu)", peer.agent_id, peer.fingerprint)
         node.store.update(peer.agent_id, host=host, port=port, last_seen=int(time.time() * 1000))
         reason = await session.run()
         if peer.active is None and peer.state not in (KEY_CHANGED,):

@@ -1,0 +1,428 @@
+"""mDNS/DNS-SD discovery (PROTOCOL.md §2): advertise ``<agent_id>._acp._tcp.local.``, find the others.
+
+Why this module looks the way it does: python-zeroconf runs its own thread and asyncio loop. This is
+the only module that touches them. Blocking calls go through ``trio.to_thread``; browser callbacks
+re-enter trio with ``TrioToken.run_sync_soon`` and a bounded channel, dropping (and counting) events
+when it is full, since mDNS repeats itself. A crash in here is logged and the whole thing restarted
+with backoff by ``run``; sessions, static peers and the peers.json cache never depend on it.
+
+Facts measured here (shared/tools/netns/README.md) that shape it:
+- a SIGKILLed peer stays in zeroconf's cache for ~19 min, so liveness comes from sessions (PING),
+  and a peer is "stale" only when it is neither refreshed by mDNS nor connected for 60 s;
+- a restart with the same TXT and port raises no browser event, so we advertise ``boot=<random>``;
+- after a partition heals, browsers stay quiet for a long time, so every ``QUERY_INTERVAL`` we send
+  one PTR query whose known answers are the peers we are connected to (they stay silent; the
+  missing ones answer), plus at once when a session is lost or an interface changes;
+- ``unregister_all_services()`` sends all three goodbyes (``unregister_service`` + ``close`` one).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+import attrs
+import ifaddr
+import trio
+import zeroconf
+from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
+from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR, _TYPE_SRV, _TYPE_TXT
+
+from acp.errors import ConfigError
+from acp.model import decode_key, is_agent_id
+from acp.net.node import Node
+from acp.proto.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+SERVICE_TYPE = "_acp._tcp.local."
+QUERY_INTERVAL = 10.0  # seconds between our PTR queries (one packet per host)
+IFACE_POLL = 3.0  # seconds between interface checks
+STALE_AFTER = 60.0  # PROTOCOL.md §2
+EVENT_QUEUE = 256
+RESOLVE_TIMEOUT_MS = 1500
+GOODBYE_GRACE = 2.0
+RESTART_BACKOFF_CAP = 60.0
+
+
+@attrs.frozen
+class Announcement:
+    """What one peer's DNS-SD records say, validated."""
+
+    name: str
+    agent_id: str
+    pubkey: bytes = attrs.field(repr=False)
+    port: int
+    addresses: tuple[str, ...]
+    boot: str | None
+
+    @classmethod
+    def from_info(cls, info: ServiceInfo) -> Announcement | None:
+        props: dict[bytes, bytes | None] = info.properties or {}
+        agent_id = (props.get(b"agent_id") or b"").decode("utf-8", "replace")
+        if props.get(b"v") not in (b"1", None) or not is_agent_id(agent_id):
+            return None
+        try:
+            pubkey = decode_key((props.get(b"pubkey") or b"").decode("ascii", "replace"))
+        except ConfigError:
+            return None
+        if not info.port:
+            return None
+        boot = props.get(b"boot")
+        return cls(
+            name=info.name,
+            agent_id=agent_id,
+            pubkey=pubkey,
+            port=int(info.port),
+            addresses=tuple(info.parsed_scoped_addresses()),
+            boot=boot.decode("ascii", "replace") if boot else None,
+        )
+
+
+# -- interfaces ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Iface:
+    name: str
+    ip: str
+    prefix: int
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return ipaddress.ip_network(f"{self.ip}/{self.prefix}", strict=False)
+
+
+def _operstate(name: str) -> str:
+    try:
+        return Path(f"/sys/class/net/{name}/operstate").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def list_interfaces() -> list[Iface]:
+    """IPv4 addresses of interfaces that are up (IPv6 link-local is left out)."""
+    out = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if not isinstance(ip.ip, str):
+                continue
+            out.append(Iface(adapter.nice_name, ip.ip, ip.network_prefix))
+    return out
+
+
+def choose_interfaces(wanted: tuple[str, ...], available: list[Iface]) -> list[Iface]:
+    """Config ``interfaces`` (names or addresses), or every non-loopback one, or loopback alone."""
+    if wanted:
+        chosen = [i for i in available if i.name in wanted or i.ip in wanted]
+        missing = [w for w in wanted if not any(w in (i.name, i.ip) for i in available)]
+        if missing:
+            log.warning(
+                "interfaces %s not found (or without IPv4); have %s",
+                missing,
+                sorted({i.name for i in available}),
+            )
+        return chosen
+    usable = [
+        i
+        for i in available
+        if not ipaddress.ip_address(i.ip).is_loopback and _operstate(i.name) != "down"
+    ]
+    return usable or [i for i in available if ipaddress.ip_address(i.ip).is_loopback]
+
+
+def interface_state(ifaces: list[Iface]) -> tuple[Any, ...]:
+    """What we compare to notice a change: addresses and carrier."""
+    return tuple(sorted((i.name, i.ip, i.prefix, _operstate(i.name)) for i in ifaces))
+
+
+def pick_address(addresses: tuple[str, ...], ours: list[Iface]) -> str | None:
+    """The announced address to dial: one on a subnet we share, else the first IPv4, else any."""
+    parsed = []
+    for a in addresses:
+        try:
+            parsed.append(ipaddress.ip_address(a.split("%")[0]))
+        except ValueError:
+            continue
+    for addr in parsed:
+        if any(addr in i.network for i in ours if i.network.version == addr.version):
+            return str(addr)
+    for addr in parsed:
+        if addr.version == 4:
+            return str(addr)
+    return str(parsed[0]) if parsed else None
+
+
+# -- the trio side ---------------------------------------------------------------------------------
+
+
+class Discovery:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.boot = secrets.token_hex(4)
+        self.zc: Zeroconf | None = None
+        self.info: ServiceInfo | None = None
+        self.ifaces: list[Iface] = []
+        self.names: dict[str, str] = {}  # instance name -> agent_id
+        self.query_now = trio.Event()
+        self.conflicts: set[tuple[str, bytes]] = set()
+
+    # Called from zeroconf's thread.
+    def _on_change(
+        self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        try:
+            self._token.run_sync_soon(self._deliver, (name, state_change))
+        except trio.RunFinishedError:
+            pass
+
+    # Runs in trio; must never raise (it would crash the run).
+    def _deliver(self, event: tuple[str, ServiceStateChange]) -> None:
+        try:
+            self._send.send_nowait(event)
+        except trio.WouldBlock:
+            self.node.stats.inc("mdns_events_dropped")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def _service_info(self) -> ServiceInfo:
+        node = self.node
+        assert node.port is not None
+        return ServiceInfo(
+            SERVICE_TYPE,
+            f"{node.agent_id}.{SERVICE_TYPE}",
+            port=node.port,
+            properties={
+                "v": "1",
+                "agent_id": node.agent_id,
+                "pubkey": node.identity.public_b64,
+                "boot": self.boot,
+            },
+            server=f"{node.agent_id}-acp.local.",
+            parsed_addresses=[i.ip for i in self.ifaces],
+        )
+
+    async def run_once(self, task_status: trio.TaskStatus[None]) -> None:
+        node = self.node
+        self._token = trio.lowlevel.current_trio_token()
+        self._send, receive = trio.open_memory_channel[tuple[str, ServiceStateChange]](EVENT_QUEUE)
+        self.ifaces = choose_interfaces(node.config.interfaces, list_interfaces())
+        if not self.ifaces:
+            raise ConfigError(
+                "no usable network interface for mDNS (see `interfaces` in config.toml)"
+            )
+        version = IPVersion.V4Only
+        node.mdns_state = "starting"
+        zc = await trio.to_thread.run_sync(
+            lambda: Zeroconf(interfaces=[i.ip for i in self.ifaces], ip_version=version)
+        )
+        self.zc = zc
+        try:
+            self.info = info = self._service_info()
+            # RFC 6762 probing takes ~1.65 s here; the signal handler is already installed.
+            await trio.to_thread.run_sync(
+                lambda: zc.register_service(info, allow_name_change=True), abandon_on_cancel=True
+            )
+            if self.info.name != f"{node.agent_id}.{SERVICE_TYPE}":
+                self._warn(
+                    f"another host already advertises the mDNS name {node.agent_id}; "
+                    f"we advertise as {self.info.name!r}"
+                )
+            browser = zeroconf.ServiceBrowser(zc, SERVICE_TYPE, handlers=[self._on_change])
+            node.mdns_state = "running"
+            log.info(
+                "mDNS: advertising %s on %s", self.info.name, ", ".join(i.ip for i in self.ifaces)
+            )
+            task_status.started()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._consume, receive)
+                    nursery.start_soon(self._query_loop)
+                    nursery.start_soon(self._watch_interfaces)
+                    nursery.start_soon(self._watch_sessions)
+            finally:
+                await trio.to_thread.run_sync(browser.cancel)
+        finally:
+            node.mdns_state = "stopped"
+            with trio.CancelScope(shield=True), trio.move_on_after(GOODBYE_GRACE):
+                await trio.to_thread.run_sync(_close, zc, abandon_on_cancel=True)
+            self.zc = None
+
+    # -- tasks -------------------------------------------------------------------------------------
+
+    async def _consume(
+        self, receive: trio.MemoryReceiveChannel[tuple[str, ServiceStateChange]]
+    ) -> None:
+        async for name, change in receive:
+            if change is ServiceStateChange.Removed:
+                agent_id = self.names.get(name)
+                if agent_id is not None:
+                    self.node.mdns_gone(agent_id)
+                continue
+            zc = self.zc
+            assert zc is not None
+            info = await trio.to_thread.run_sync(
+                lambda: zc.get_service_info(SERVICE_TYPE, name, RESOLVE_TIMEOUT_MS),
+                abandon_on_cancel=True,
+            )
+            if info is not None:
+                self._seen(info)
+
+    def _seen(self, info: ServiceInfo) -> None:
+        ann = Announcement.from_info(info)
+        if ann is None:
+            self.node.stats.inc("mdns_bad_records")
+            return
+        node = self.node
+        self.names[ann.name] = ann.agent_id
+        if ann.agent_id == node.agent_id:
+            if (
+                ann.pubkey != node.identity.public_key
+                and (ann.name, ann.pubkey) not in self.conflicts
+            ):
+                self.conflicts.add((ann.name, ann.pubkey))
+                self._warn(
+                    f"another daemon at {', '.join(ann.addresses) or '?'} advertises our agent_id "
+                    f"{node.agent_id!r} with a different key; peers will refuse one of us"
+                )
+            return
+        host = pick_address(ann.addresses, self.ifaces)
+        if host is None:
+            return
+        node.discovered(ann.agent_id, ann.pubkey, host, ann.port, boot=ann.boot)
+
+    def _warn(self, message: str) -> None:
+        log.warning("mDNS: %s", message)
+        if message not in self.node.warnings:
+            self.node.warnings.append(message)
+
+    async def _query_loop(self) -> None:
+        """Every QUERY_INTERVAL (or when asked): query, then sync the peer table from the cache."""
+        while True:
+            with trio.move_on_after(QUERY_INTERVAL):
+                await self.query_now.wait()
+            self.query_now = trio.Event()
+            zc = self.zc
+            assert zc is not None
+            connected = {p.agent_id for p in self.node.peers.values() if p.connected}
+            infos = await trio.to_thread.run_sync(_query_and_scan, zc, connected, self.names)
+            for info in infos:
+                self._seen(info)
+            self.node.expire_stale(STALE_AFTER)
+
+    async def _watch_interfaces(self) -> None:
+        state = interface_state(self.ifaces)
+        while True:
+            await trio.sleep(IFACE_POLL)
+            ifaces = choose_interfaces(
+                self.node.config.interfaces, await trio.to_thread.run_sync(list_interfaces)
+            )
+            new_state = interface_state(ifaces)
+            if new_state == state:
+                continue
+            state = new_state
+            log.info(
+                "mDNS: interfaces changed: %s",
+                ", ".join(f"{n} {ip} {s}" for n, ip, _, s in new_state),
+            )
+            if {i.ip for i in ifaces} != {i.ip for i in self.ifaces}:
+                raise _Restart("interface addresses changed")  # new sockets and records
+            zc, info = self.zc, self.info
+            if zc is not None and info is not None:
+                await trio.to_thread.run_sync(
+                    zc.update_service, info
+                )  # re-announce on carrier back
+            for peer in self.node.peers.values():
+                if not peer.connected:
+                    peer.poke()
+            self.query_now.set()
+
+    async def _watch_sessions(self) -> None:
+        """A lost session asks mDNS at once whether the peer moved."""
+        connected = {p.agent_id for p in self.node.peers.values() if p.connected}
+        while True:
+            await self.node.sessions_changed.wait()
+            now = {p.agent_id for p in self.node.peers.values() if p.connected}
+            if connected - now:
+                self.query_now.set()
+            connected = now
+
+
+class _Restart(Exception):
+    pass
+
+
+def _close(zc: Zeroconf) -> None:
+    try:
+        zc.unregister_all_services()  # all three goodbyes
+    finally:
+        zc.close()
+
+
+def _query_and_scan(zc: Zeroconf, connected: set[str], names: dict[str, str]) -> list[ServiceInfo]:
+    """In a worker thread: send one PTR query (plus SRV/TXT for missing peers), read the cache."""
+    from zeroconf import DNSOutgoing, DNSQuestion, current_time_millis  # type: ignore[attr-defined]
+
+    now = current_time_millis()
+    pointers: list[Any] = [
+        r
+        for r in zc.cache.get_all_by_details(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN)
+        if not r.is_expired(now)
+    ]
+    out = DNSOutgoing(_FLAGS_QR_QUERY, multicast=True)
+    out.add_question(DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
+    for ptr in pointers:
+        if names.get(ptr.alias) in connected:
+            out.add_answer_at_time(ptr, now)  # known answer: that one need not reply
+    zc.send(out)
+    missing = [ptr.alias for ptr in pointers if names.get(ptr.alias) not in connected][:20]
+    if missing:
+        q = DNSOutgoing(_FLAGS_QR_QUERY, multicast=True)
+        for name in missing:
+            q.add_question(DNSQuestion(name, _TYPE_SRV, _CLASS_IN))
+            q.add_question(DNSQuestion(name, _TYPE_TXT, _CLASS_IN))
+        zc.send(q)
+    infos = []
+    for ptr in pointers:
+        srv = zc.cache.get_by_details(ptr.alias, _TYPE_SRV, _CLASS_IN)
+        if srv is None or srv.is_expired(now):
+            continue
+        info = ServiceInfo(SERVICE_TYPE, ptr.alias)
+        if info.load_from_cache(zc, now):
+            infos.append(info)
+    return infos
+
+
+async def run(node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Supervise discovery for the daemon's lifetime: a failure is logged, then retried with backoff."""
+    task_status.started()  # messaging never waits for mDNS
+    backoff = Backoff(first=2.0, cap=RESTART_BACKOFF_CAP)
+    while True:
+        disc = Discovery(node)
+        started = trio.current_time()
+        restart = False
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(disc.run_once)
+        except* _Restart as eg:
+            log.info("mDNS: restarting: %s", eg.exceptions[0])
+            restart = True
+        except* Exception as eg:
+            exc = eg.exceptions[0]
+            node.mdns_state = f"failed: {exc!r}"[:200]
+            node.stats.inc("mdns_failures")
+            log.error(
+                "mDNS discovery failed (%r); messaging goes on; retrying",
+                exc,
+                exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
+            )
+        if restart or trio.current_time() - started > 60:
+            backoff.reset()
+        if not restart:
+            await trio.sleep(backoff.next())
+
+
+__all__ = ["SERVICE_TYPE", "Announcement", "Discovery", "run"]
