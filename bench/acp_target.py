@@ -15,7 +15,12 @@ identity we write ourselves, a config.toml naming the other daemon as a ``[[peer
   IPC subset in limit.py's docstring; client-filled ``v``, ``id``, ``from``, ``to``, ``ts`` and
   ``reply_to`` are kept, and the unknown top-level field ``bench_t`` is passed through to the
   receiver's ``{"inbound":true,"envelope":{...}}`` push.
-- ``acp --version`` exits 0 quickly (the cold-start figure).
+- A subscribed connection gets exactly one line per envelope (throughput counts newlines there);
+  the sending connection gets exactly one line with ``"ok":true`` per send, nothing else.
+- Sends are pipelined, up to 512 envelopes (2 MiB) sent but not yet received per pair, so the
+  per-peer outbox (1000) must not fill: 900 in flight did get ``outbox_full``.
+- The process we start is the daemon (no fork): its /proc/PID gives CPU and memory.
+- ``acp --version`` exits 0 (the cold-start figure).
 """
 
 from __future__ import annotations

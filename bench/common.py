@@ -8,10 +8,12 @@ every implementation, and if the client is never the bottleneck. This module hol
   two implementations; adding one is a class with four members.
 - The client, run as separate worker processes (``python bench/common.py worker SPEC``), one per
   endpoint pair, so four pairs get four client processes and the driver's own work stays out of
-  the measurement. A worker connects to both sockets, subscribes on the receiver, warms the chain
-  up, prints ``{"ready":true}``, waits for ``go`` on stdin, measures, prints its result as JSON.
-- The driver side: ``measure_latency``, ``measure_throughput``, ``cold_start_times``, used by
-  bench/run.py.
+  the measurement. A worker uses plain sockets (blocking for latency, epoll for throughput: a
+  fraction of trio's cost per wake-up), connects to both sockets, subscribes on the receiver,
+  warms the chain up, prints ``{"ready":true}``, waits for ``go`` on stdin, measures, and prints
+  its result as JSON. Its CPU time is reported, so "the client was not the bottleneck" is a number.
+- The driver side (trio: it starts and stops processes): ``measure_latency``,
+  ``measure_throughput``, ``cold_start_times``, ``idle_daemon_memory``, used by bench/run.py.
 
 Timing: every process reads CLOCK_MONOTONIC (``time.monotonic_ns``), which is system-wide on Linux,
 so the receiving worker subtracts the sender's ``bench_t`` (an extra top-level envelope field, passed
@@ -42,9 +44,12 @@ import trio
 KIB = 1024
 SIZES = {"1KiB": 1 * KIB, "60KiB": 60 * KIB}  # compact JSON bytes of the envelope as sent
 RECEIVE_BYTES = 1 << 18  # client reads; larger than any line so one read can finish one
-BATCH_BYTES = 32 * KIB  # a throughput sender writes up to this many bytes of lines per send_all
-WINDOW_BYTES = 2 * KIB * KIB  # envelopes in flight (sent, not yet received) at most ...
-WINDOW_MAX = int(os.environ.get("WMAX", "128"))  # ... and at most this many: well under acp's 1000-entry outbox
+BATCH_BYTES = 32 * KIB  # a throughput sender writes up to this many bytes of lines per send
+# Throughput window: envelopes sent but not yet arrived, at most WINDOW_BYTES of them and at most
+# WINDOW_MAX. Too small starves a chain that batches (one acp pair used 1.04 cores at 128, 1.47 at
+# 512); too large overflows acp's outbox (1000 un-ACKed per peer; 900 got "outbox_full").
+WINDOW_BYTES = 2 * KIB * KIB
+WINDOW_MAX = 512
 READY_TIMEOUT = 60.0  # seconds for endpoints or workers to come up (acp: session set-up)
 DRAIN_TIMEOUT = 60.0  # seconds for the last envelopes of a run to arrive
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
@@ -177,7 +182,10 @@ class Child:
         except EOFError:
             await self.proc.wait()
             raise self.died(what) from None
-        obj = json.loads(line)
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
         if not isinstance(obj, dict):
             raise BenchError(f"{self.name}: expected a JSON object, got {line[:200]!r}")
         return obj
@@ -459,11 +467,13 @@ def pump(conn: Conn, msg: Message, seq0: int, spec: WorkerSpec, seconds: float) 
             if bool(out) != watching_out:
                 watching_out = bool(out)
                 ep.modify(send_fd, select.EPOLLIN | (select.EPOLLOUT if out else 0))
-            can_fill = sent < 0 and not out and window - inflight >= batch
-            timeout = 0.0 if can_fill else max(0.0, (min(deadline, give_up) - now) / 1e9)
             if sent >= 0:
-                timeout = max(0.0, (give_up - now) / 1e9)
-            for fd, _ in ep.poll(timeout):
+                wake = give_up  # draining: wait for arrivals
+            elif not out and window - inflight >= batch:
+                wake = now  # room for another batch: only collect what is there
+            else:
+                wake = deadline  # window full or socket full: wait for either to change
+            for fd, _ in ep.poll(max(0.0, (wake - now) / 1e9)):
                 if fd == recv_fd:
                     data = conn.recv.recv(RECEIVE_BYTES)
                     if not data:

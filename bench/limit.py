@@ -11,7 +11,14 @@ Each relay parses client lines, serialises the envelope compactly, encrypts it w
 key per direction and Noise's counter nonce (4 zero bytes + 8-byte little-endian counter), writes
 one frame per ``send_all`` (no batching), and on the other side decrypts and pushes
 ``{"inbound":true,"envelope":...}`` to subscribers. One task owns each direction of each stream,
-as in acp (STYLE.md). It speaks just the subset of acp's IPC (PROTOCOL.md §8) the benchmark
+as in acp (STYLE.md).
+
+``--batch`` (target ``limit-batch``) adds the one optimisation acp's own writers make: readers
+queue without yielding, and each writer sends everything already queued (up to 256 KiB) in one
+``send_all``. Without it the "limit" is no limit for throughput: per-frame wake-ups dominate, and
+acp, which batches, outruns it with small envelopes.
+
+It speaks just the subset of acp's IPC (PROTOCOL.md §8) the benchmark
 client uses, so the same client drives both:
 
     {"cmd":"send","to":ID,"envelope":{...}}  -> {"ok":true,"msg_id":<envelope id>}
@@ -87,6 +94,7 @@ class Relay:
 
     # -- TCP side: one writer task, one reader task -----------------------------------------
     async def peer_writer(self, stream: trio.abc.SendStream) -> None:
+        """Queued envelopes -> encrypted frames, in order, one ``send_all`` each (or per batch)."""
         counter = 0
         async for first in self.to_peer_recv:
             frames = []
@@ -269,8 +277,7 @@ async def run_relay(args: argparse.Namespace) -> None:
 class LimitTarget:
     """The baseline: pairs of ``limit.py relay`` processes; python itself for start-up and RSS.
 
-    ``batch=True`` (target ``limit-batch``) adds the one optimisation acp's writers make: each
-    writer task sends everything already queued in one ``send_all`` instead of one per frame/line.
+    ``batch=True`` is target ``limit-batch``: relays run with ``--batch``.
     """
 
     def __init__(self, *, batch: bool = False) -> None:

@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -154,13 +155,15 @@ async def run_all(
                 t0 = time.monotonic()
                 try:
                     got = await GROUP_FUNCS[group](target, s, workdir)
-                except (BenchError, trio.TooSlowError, OSError) as exc:
+                except Exception as exc:  # one target failing must not lose the others' figures
                     failures += 1
+                    if not isinstance(exc, (BenchError, trio.TooSlowError, OSError)):
+                        traceback.print_exc()
                     log(f"round {r + 1} {group} {target.name}: FAILED: {exc!r} (logs: {workdir})")
                     continue
                 shutil.rmtree(workdir, ignore_errors=True)
                 log(
-                    f"round {r + 1}/{s.rounds} {group:<10} {target.name:<6} "
+                    f"round {r + 1}/{s.rounds} {group:<10} {target.name:<11} "
                     f"{time.monotonic() - t0:5.1f} s  "
                     + "  ".join(f"{x.figure}={x.value:.4g}" for x in got)
                 )
