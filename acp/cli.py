@@ -41,15 +41,22 @@ def _parse_data(text: str) -> Any:
         return text
 
 
+def _usage_error(message: str) -> AcpError:
+    """A bad argument caught here exits 2, as one the daemon refuses (bad_request) does."""
+    exc = AcpError(message, code="bad_request")
+    exc.exit_code = EXIT_USAGE
+    return exc
+
+
 def _parse_object(text: str | None, what: str) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
         obj = json.loads(text)
     except ValueError as exc:
-        raise AcpError(f"{what} must be a JSON object: {exc}", code="bad_request") from None
+        raise _usage_error(f"{what} must be a JSON object: {exc}") from None
     if not isinstance(obj, dict):
-        raise AcpError(f"{what} must be a JSON object", code="bad_request")
+        raise _usage_error(f"{what} must be a JSON object")
     return obj
 
 

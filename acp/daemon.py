@@ -84,12 +84,14 @@ async def run_daemon(
         node = Node(config, identity, store)
         manager = PeerManager(node)
         manager.load_known()
+        # Bind before the nursery: a ConfigError (port in use) must reach the CLI bare, not
+        # wrapped in an ExceptionGroup that prints as a traceback.
+        ipc_listener = await open_ipc_listener(config.socket_path)
+        tcp = await listener.open_listeners(config.listen, config.port)
+        node.port = tcp[0].socket.getsockname()[1]
         with trio.CancelScope() as root:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_signals, root)
-                ipc_listener = await open_ipc_listener(config.socket_path)
-                tcp = await listener.open_listeners(config.listen, config.port)
-                node.port = tcp[0].socket.getsockname()[1]
                 await nursery.start(IpcServer(node).serve, ipc_listener)
                 await nursery.start(listener.serve, node, tcp)
                 await nursery.start(manager.run)

@@ -18,6 +18,7 @@ Facts measured here (shared/tools/netns/README.md) that shape it:
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import secrets
@@ -80,6 +81,13 @@ class Announcement:
             addresses=tuple(info.parsed_scoped_addresses()),
             boot=boot.decode("ascii", "replace") if boot else None,
         )
+
+
+def host_name(public_key: bytes) -> str:
+    """The SRV target: unique per key, so two daemons that claim one agent_id do not merge their
+    A records in everyone's cache, and one DNS label (<= 63 bytes) whatever the agent_id's length
+    (``<agent_id>-acp`` was 67 bytes for a 63-character agent_id: registration failed for ever)."""
+    return f"acp-{hashlib.sha256(public_key).hexdigest()[:12]}.local."
 
 
 # -- interfaces ------------------------------------------------------------------------------------
@@ -201,7 +209,7 @@ class Discovery:
                 "pubkey": node.identity.public_b64,
                 "boot": self.boot,
             },
-            server=f"{node.agent_id}-acp.local.",
+            server=host_name(node.identity.public_key),
             parsed_addresses=[i.ip for i in self.ifaces],
         )
 
@@ -355,6 +363,15 @@ class _Restart(Exception):
     pass
 
 
+def _leaf(eg: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception that is not a group: a failure inside run_once's own nursery arrives
+    nested two groups deep, and `acp status` should show it, not "ExceptionGroup(...)"."""
+    exc: BaseException = eg
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _close(zc: Zeroconf) -> None:
     try:
         zc.unregister_all_services()  # all three goodbyes
@@ -408,10 +425,10 @@ async def run(node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STAT
             async with trio.open_nursery() as nursery:
                 await nursery.start(disc.run_once)
         except* _Restart as eg:
-            log.info("mDNS: restarting: %s", eg.exceptions[0])
+            log.info("mDNS: restarting: %s", _leaf(eg))
             restart = True
         except* Exception as eg:
-            exc = eg.exceptions[0]
+            exc = _leaf(eg)
             node.mdns_state = f"failed: {exc!r}"[:200]
             node.stats.inc("mdns_failures")
             log.error(

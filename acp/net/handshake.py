@@ -101,6 +101,9 @@ async def answer(node: Node, stream: trio.abc.Stream) -> Session:
     if pin:
         node.store.pin(hello.agent_id, key)
         log.info("peer %s: pinned its key on first contact (trust = tofu)", hello.agent_id)
+    elif rec is None or rec.pubkey is None:
+        # a key held but not pinned (mDNS): pin it, or the ts_accepted below is ignored next time
+        node.store.pin(hello.agent_id, key)
     node.store.update(hello.agent_id, ts_accepted=hello.ts)
     if hello.port is not None and host is not None:
         node.store.update(hello.agent_id, host=host, port=hello.port)

@@ -85,6 +85,7 @@ class Node:
     def add_peer(self, peer: Peer) -> Peer:
         self.peers[peer.agent_id] = peer
         peer.learned_at = trio.current_time()
+        peer.outbox.limit, peer.outbox.ttl = self.config.outbox_limit, self.config.outbox_ttl
         peer.notify = self._sessions_changed
         if self.on_peer_added is not None:
             self.on_peer_added(peer)
@@ -206,7 +207,8 @@ class Node:
     def _peers_changed(self) -> None:
         self.peers_changed.set()
         self.peers_changed = trio.Event()
-        self.sessions_changed = trio.Event()
+        # (sessions_changed is replaced only once set: swapping an unset Event orphaned its
+        # waiter, and discovery's "query at once when a session is lost" never fired again)
 
     # -- sending -----------------------------------------------------------------------------------
 

@@ -121,6 +121,8 @@ class PeerManager:
                     wait_since = trio.current_time()
                     if not we_dial_first:
                         continue  # the session ended: give the lower side its 10 s again
+                if peer.active is not None:
+                    continue  # ours lost to the other session (§4): connected, not backing off
                 delay = backoff.next()
                 peer.state = BACKOFF
                 peer.next_try = trio.current_time() + delay
