@@ -283,6 +283,7 @@ class IpcServer:
         self, conn: IpcConn, r: ipc.Request, ticket: Ticket, timeout: float
     ) -> None:
         node = self.node
+        assert ticket.done is not None
         try:
             with trio.move_on_after(timeout):
                 await ticket.done.wait()

@@ -37,20 +37,28 @@ RECENT_INBOUND = 10_000  # inbound envelope ids remembered for `acp reply`
 
 @attrs.define(eq=False)
 class Ticket:
-    """Ties one accepted envelope to the IPC connection that sent it."""
+    """Ties one accepted envelope to the IPC connection that sent it.
+
+    ``done`` exists only when somebody waits (``wait`` acked or response): one per send otherwise
+    would cost an Event on the hot path for nothing.
+    """
 
     conn: IpcConn | None
     msg_id: str
     to: str
     wait: str = "accepted"
-    done: trio.Event = attrs.field(factory=trio.Event)
+    done: trio.Event | None = None
     result: dict[str, Any] | None = None  # {"acked": True} | {"error": code, "message": ...}
     response: bytes | None = None  # the inbound response line, for wait=response
+
+    def __attrs_post_init__(self) -> None:
+        if self.wait != "accepted":
+            self.done = trio.Event()
 
     def resolve(self, result: dict[str, Any]) -> None:
         if self.result is None:
             self.result = result
-        if self.wait != "response" or "error" in result:
+        if self.done is not None and (self.wait != "response" or "error" in result):
             self.done.set()
 
 
@@ -286,7 +294,8 @@ class Node:
             if ticket is not None and ticket.to == env.from_:
                 del self.response_waiters[env.reply_to]
                 ticket.response = line
-                ticket.done.set()
+                if ticket.done is not None:
+                    ticket.done.set()
                 self.seen.check_and_add(key, now)
                 self.stats.inc("messages_delivered")
                 return None

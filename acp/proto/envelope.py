@@ -171,15 +171,23 @@ def check_route(env: Envelope, *, session_peer: str, own_id: str) -> None:
         )
 
 
+# Encoders built once: json.dumps with keyword arguments builds a new encoder on every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_COMPACT_STRICT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ASCII = json.JSONEncoder(separators=(",", ":"))
+_ASCII_STRICT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def _dumps(obj: dict[str, Any], allow_nan: bool) -> bytes:
+    try:
+        return (_COMPACT if allow_nan else _COMPACT_STRICT).encode(obj).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (legal as a JSON \u escape): keep it escaped
+        return (_ASCII if allow_nan else _ASCII_STRICT).encode(obj).encode("ascii")
+
+
 def to_json(env: Envelope, *, allow_nan: bool = True) -> bytes:
     """Compact UTF-8 JSON, as it goes on the wire (ValueError for NaN unless ``allow_nan``)."""
-    obj = env.to_dict()
-    try:
-        return json.dumps(
-            obj, separators=(",", ":"), ensure_ascii=False, allow_nan=allow_nan
-        ).encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate (legal as a JSON \u escape): keep it escaped
-        return json.dumps(obj, separators=(",", ":"), allow_nan=allow_nan).encode("ascii")
+    return _dumps(env.to_dict(), allow_nan)
 
 
 def complete(

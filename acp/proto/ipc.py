@@ -110,10 +110,13 @@ def parse_request(line: bytes) -> Request:
     return Request(cmd=cmd, args=args, req=req)
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once
+
+
 def encode(obj: dict[str, Any]) -> bytes:
     """One reply or push as a line."""
     try:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+        return _COMPACT.encode(obj).encode("utf-8") + b"\n"
     except UnicodeEncodeError:  # a lone surrogate (legal as a JSON \u escape): keep it escaped
         return json.dumps(obj, separators=(",", ":")).encode("ascii") + b"\n"
 

@@ -69,6 +69,8 @@ def encode_envelope(body: bytes) -> bytes:
 
 
 def encode_ack(ack: Ack) -> bytes:
+    if ack.ok:  # the common case, without building a dict: one per envelope received
+        return b'\x02{"id":' + json.dumps(ack.id).encode() + b',"ok":true}'
     return b"\x02" + json.dumps(ack.to_dict(), separators=(",", ":")).encode()
 
 
