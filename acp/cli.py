@@ -261,15 +261,10 @@ def listen(*, count: int | None = None, events: bool = False) -> int:
     events
         Also print daemon events such as {"event": "undelivered", ...}.
     """
-    n = 0
     with Client() as c:
-        for item in c.listen(events=events):
+        for item in c.listen(events=events, count=count):
             sys.stdout.write(json.dumps(item, separators=(",", ":"), ensure_ascii=False) + "\n")
             sys.stdout.flush()
-            if "event" not in item:
-                n += 1
-                if count is not None and n >= count:
-                    break
     return EXIT_OK
 
 

@@ -248,17 +248,20 @@ class Client:
     def forget(self, agent_id: str) -> dict[str, Any]:
         return self.request("forget", agent_id=agent_id)
 
-    def listen(self, *, events: bool = False) -> Iterator[dict[str, Any]]:
-        """Subscribe and yield inbound envelopes (and, with ``events``, event objects) forever."""
-        self.request("subscribe")
+    def listen(self, *, events: bool = False, count: int | None = None) -> Iterator[dict[str, Any]]:
+        """Subscribe and yield inbound envelopes (and, with ``events``, event objects).
+
+        Forever, or until ``count`` envelopes: the daemon then pushes no more, and what else
+        arrives stays in its inbox for the next client.
+        """
+        self.request("subscribe", **({"count": count} if count is not None else {}))
+        n = 0
         pending, self.events = self.events, []
-        for obj in pending:
+        while count is None or n < count:
+            obj = pending.pop(0) if pending else self._readline(None)
             item = self._unwrap(obj, events)
             if item is not None:
-                yield item
-        while True:
-            item = self._unwrap(self._readline(None), events)
-            if item is not None:
+                n += "event" not in item
                 yield item
 
     @staticmethod
@@ -318,7 +321,12 @@ class TrioClient:
             self.events.append(obj)
 
     async def send(
-        self, to: str, envelope: dict[str, Any], *, wait: str = "accepted", timeout: float = 30.0
+        self,
+        to: str,
+        envelope: dict[str, Any],
+        *,
+        wait: str = "accepted",
+        timeout: float = 30.0,  # noqa: ASYNC109 - the daemon's wait, sent in the request
     ) -> dict[str, Any]:
         args: dict[str, Any] = {"to": to, "envelope": envelope}
         if wait != "accepted":

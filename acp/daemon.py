@@ -98,7 +98,7 @@ async def run_daemon(
                 if config.mdns:
                     from acp.net import discovery
 
-                    await nursery.start(discovery.run, node)  # type: ignore[attr-defined]
+                    await nursery.start(discovery.run, node)
                 nursery.start_soon(_expiry, node)
                 nursery.start_soon(_flush_store, node)
                 await nursery.start(stats.run, node.stats, config.stats_interval)

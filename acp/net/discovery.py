@@ -273,8 +273,7 @@ class Discovery:
             zc = self.zc
             assert zc is not None
             info = await trio.to_thread.run_sync(
-                lambda: zc.get_service_info(SERVICE_TYPE, name, RESOLVE_TIMEOUT_MS),
-                abandon_on_cancel=True,
+                zc.get_service_info, SERVICE_TYPE, name, RESOLVE_TIMEOUT_MS, abandon_on_cancel=True
             )
             if info is not None:
                 self._seen(info)

@@ -46,6 +46,8 @@ class IpcConn:
     wake: trio.Event = attrs.field(factory=trio.Event)
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     subscribed: bool = False
+    remaining: int | None = None  # pushes still wanted, for subscribe with a count
+    drained: trio.Event | None = None  # set by the writer when ``out`` empties (flush)
     closed: bool = False
     overflowed: bool = False
 
@@ -73,13 +75,17 @@ class IpcConn:
                 await self.stream.send_all(b"".join(lines))
                 for _ in range(n):
                     out.popleft()
+                if not out and self.drained is not None:
+                    self.drained.set()
             else:
                 await self.wake.wait()
                 self.wake = trio.Event()
 
     async def flush(self) -> None:
+        """Wait until the writer has sent everything queued."""
         while self.out:
-            await trio.sleep(0.01)
+            self.drained = trio.Event()
+            await self.drained.wait()
 
 
 class DaemonLock:
@@ -116,7 +122,7 @@ class DaemonLock:
 async def open_ipc_listener(path: Path) -> trio.SocketListener:
     """Bind the Unix socket (the lock is held, so a leftover file is stale) with mode 0600."""
     try:
-        path.unlink()
+        os.unlink(path)
     except FileNotFoundError:
         pass
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -280,7 +286,11 @@ class IpcServer:
         return None
 
     async def _await_ticket(
-        self, conn: IpcConn, r: ipc.Request, ticket: Ticket, timeout: float
+        self,
+        conn: IpcConn,
+        r: ipc.Request,
+        ticket: Ticket,
+        timeout: float,  # noqa: ASYNC109
     ) -> None:
         node = self.node
         assert ticket.done is not None
@@ -358,7 +368,7 @@ class IpcServer:
     ) -> dict[str, Any] | None:
         conn.send(ipc.ok_reply(r.req, subscribed=True))
         conn.subscribed = True
-        self.node.subscribe(conn)
+        self.node.subscribe(conn, r.args.get("count"))
         return None
 
     def cmd_peers(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:

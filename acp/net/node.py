@@ -302,6 +302,10 @@ class Node:
         if self.subscribers:
             for conn in list(self.subscribers):
                 conn.push_inbound(line)
+                if conn.remaining is not None:
+                    conn.remaining -= 1
+                    if conn.remaining <= 0:  # it asked for no more
+                        self.subscribers.remove(conn)
         elif not self.inbox.put(line):
             self.stats.inc("inbox_full")
             log.warning("inbox full (%d): refusing %s from %s", self.inbox.limit, env.id, env.from_)
@@ -313,11 +317,20 @@ class Node:
         self.stats.inc("messages_delivered")
         return None
 
-    def subscribe(self, conn: IpcConn) -> None:
-        if conn not in self.subscribers:
-            self.subscribers.append(conn)
-            for line in self.inbox.take_all():
-                conn.push_inbound(line)
+    def subscribe(self, conn: IpcConn, count: int | None = None) -> None:
+        """Push the inbox, then every inbound envelope; with ``count``, only that many in all,
+        so a client that reads N and leaves (``acp listen --count N``) loses nothing."""
+        if conn in self.subscribers:
+            return
+        conn.remaining = count
+        lines = self.inbox.take_all() if count is None else self.inbox.take(count)
+        for line in lines:
+            conn.push_inbound(line)
+        if count is not None:
+            conn.remaining = count - len(lines)
+            if conn.remaining <= 0:
+                return
+        self.subscribers.append(conn)
 
     def unsubscribe(self, conn: IpcConn, unsent: Iterable[bytes] = ()) -> None:
         """Forget a subscriber; lines it never received go back to the inbox if nobody else has them."""

@@ -215,6 +215,11 @@ class Inbox(Generic[T]):
         """
         self._items.extendleft(reversed(list(items)))
 
+    def take(self, n: int) -> list[T]:
+        """Remove and return up to ``n`` items, oldest first."""
+        items = self._items
+        return [items.popleft() for _ in range(min(n, len(items)))]
+
     def take_all(self) -> list[T]:
         items = list(self._items)
         self._items.clear()

@@ -58,7 +58,9 @@ _FIELDS: dict[str, dict[str, tuple[bool, Any, str]]] = {
     "peers": {},
     "status": {},
     "id": {},
-    "subscribe": {},
+    "subscribe": {
+        "count": (False, lambda v: _is_int(v) and v >= 1, "a positive integer (pushes, then stop)"),
+    },
     "trust": {
         "agent_id": (True, is_agent_id, "an agent_id"),
         "pubkey": (True, lambda v: isinstance(v, str), "base64 of a 32-byte X25519 key"),
@@ -67,6 +69,10 @@ _FIELDS: dict[str, dict[str, tuple[bool, Any, str]]] = {
     "forget": {"agent_id": (True, is_agent_id, "an agent_id")},
 }
 COMMANDS = tuple(_FIELDS)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_number(v: object) -> bool:
