@@ -23,7 +23,7 @@ app = App(
     help="Agent Communication Protocol: find agents on the LAN and message them securely.\n\n"
     "Start the daemon with `acp daemon`; every other command talks to it over $ACP_HOME/acp.sock.",
     version=__version__,
-    help_formatter="plain",
+
 )
 
 Json = Annotated[bool, Parameter(negative="", help="Print JSON instead of text.")]
@@ -102,6 +102,7 @@ def send(
     its data; with --acked, waits for the peer's ACK.
 
     Examples:
+
         acp send agent-two "What is the build status?"
         acp send agent-two "Summarise README.md" --wait --timeout 60
 
@@ -150,6 +151,7 @@ def delegate(
     Urgent delegates go ahead of traffic already queued for that peer.
 
     Examples:
+
         acp delegate agent-two "Run the nightly tests" --report-back
         acp delegate agent-two "Stop the deploy" --urgent --context '{"deploy": 42}'
 
@@ -187,6 +189,7 @@ def notify(topic: str, data: str, *, json: Json = False) -> int:
     DATA is parsed as JSON when it is valid JSON, and sent as a string otherwise.
 
     Examples:
+
         acp notify build-finished '{"ok": true, "commit": "3f2a91c"}'
         acp notify status "going offline for maintenance"
 
@@ -223,6 +226,7 @@ def reply(
     The daemon remembers who sent recent inbound envelopes; use --to for older ones.
 
     Examples:
+
         acp reply 5fc85a12-416f-4cd5-b1f5-e8cd54608d14 "all green"
         acp reply 5fc85a12-... '{"passed": 120, "failed": 0}' --summary "tests pass"
 
@@ -251,6 +255,7 @@ def listen(*, count: int | None = None, events: bool = False) -> int:
     Runs until interrupted (or --count envelopes). Every line is one envelope object.
 
     Examples:
+
         acp listen
         acp listen --count 1 | jq -r .payload.question
 
@@ -292,6 +297,7 @@ def peers(*, json: Json = False) -> int:
     shown), key_changed (run `acp trust` or `acp forget`), refused, stale, idle (no address known).
 
     Examples:
+
         acp peers
         acp peers --json | jq '.[] | select(.status == "connected") | .id'
     """
@@ -356,6 +362,7 @@ def status(*, json: Json = False) -> int:
     """Show the daemon's health: agent_id, fingerprint, port, uptime, peers, message counts.
 
     Examples:
+
         acp status
         acp status --json | jq .peers_connected
     """
@@ -387,6 +394,7 @@ def identity(*, json: Json = False) -> int:
     Asks the running daemon; without one, reads $ACP_HOME/identity.pub and config.toml.
 
     Examples:
+
         acp id
         acp trust my-laptop "$(ssh laptop acp id --json | jq -r .pubkey)"
     """
@@ -435,6 +443,7 @@ def trust(agent: str, key: str, *, addr: str | None = None, json: Json = False) 
     or to admit a peer under `trust = "explicit"`.
 
     Examples:
+
         acp trust agent-two "q6E1...="
         acp trust agent-two "q6E1...=" --addr 10.0.0.7:7100
 
@@ -461,6 +470,7 @@ def forget(agent: str, *, json: Json = False) -> int:
     """Forget AGENT: close its session, drop its pinned key and anything queued for it.
 
     Examples:
+
         acp forget old-laptop
     """
     with Client() as c:
@@ -487,6 +497,7 @@ def daemon(
     Stops cleanly on SIGINT/SIGTERM.
 
     Examples:
+
         acp daemon
         ACP_HOME=/tmp/a acp daemon --agent-id agent-one --port 0 --no-mdns
 
