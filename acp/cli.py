@@ -23,7 +23,6 @@ app = App(
     help="Agent Communication Protocol: find agents on the LAN and message them securely.\n\n"
     "Start the daemon with `acp daemon`; every other command talks to it over $ACP_HOME/acp.sock.",
     version=__version__,
-
 )
 
 Json = Annotated[bool, Parameter(negative="", help="Print JSON instead of text.")]

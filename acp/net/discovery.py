@@ -35,6 +35,7 @@ from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR, _TYPE_SRV, _TY
 from acp.errors import ConfigError
 from acp.model import decode_key, is_agent_id
 from acp.net.node import Node
+from acp.net.peer import Peer
 from acp.proto.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ EVENT_QUEUE = 256
 RESOLVE_TIMEOUT_MS = 1500
 GOODBYE_GRACE = 2.0
 RESTART_BACKOFF_CAP = 60.0
+DIAL_REQUERY_GAP = 5.0  # seconds between re-queries caused by failed dials
 
 
 @attrs.frozen
@@ -176,6 +178,7 @@ class Discovery:
         self.ifaces: list[Iface] = []
         self.names: dict[str, str] = {}  # instance name -> agent_id
         self.query_now = trio.Event()
+        self.last_dial_requery = -DIAL_REQUERY_GAP
         self.conflicts: set[tuple[str, bytes]] = set()
 
     # Called from zeroconf's thread.
@@ -251,9 +254,11 @@ class Discovery:
                     nursery.start_soon(self._query_loop)
                     nursery.start_soon(self._watch_interfaces)
                     nursery.start_soon(self._watch_sessions)
+                    node.on_dial_failed = self._dial_failed
             finally:
                 await trio.to_thread.run_sync(browser.cancel)
         finally:
+            node.on_dial_failed = None
             node.mdns_state = "stopped"
             with trio.CancelScope(shield=True), trio.move_on_after(GOODBYE_GRACE):
                 await trio.to_thread.run_sync(_close, zc, abandon_on_cancel=True)
@@ -345,6 +350,14 @@ class Discovery:
             for peer in self.node.peers.values():
                 if not peer.connected:
                     peer.poke()
+            self.query_now.set()
+
+    def _dial_failed(self, peer: Peer) -> None:
+        """A dial to a peer that mDNS told us about failed: perhaps it moved. Ask, at most every
+        DIAL_REQUERY_GAP seconds, so a dead peer in backoff costs no more than the periodic query."""
+        now = trio.current_time()
+        if peer.source == "mdns" and now - self.last_dial_requery >= DIAL_REQUERY_GAP:
+            self.last_dial_requery = now
             self.query_now.set()
 
     async def _watch_sessions(self) -> None:

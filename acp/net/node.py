@@ -84,6 +84,7 @@ class Node:
         self.peers_changed = trio.Event()
         self.sessions_changed = trio.Event()
         self.on_peer_added: Any = None  # set by the peer manager: starts a supervisor
+        self.on_dial_failed: Any = None  # set by discovery: a failed dial asks mDNS again
 
     # -- the peer table ----------------------------------------------------------------------------
 
@@ -122,6 +123,8 @@ class Node:
         self, agent_id: str, pubkey: bytes, host: str, port: int, *, boot: str | None
     ) -> None:
         """An mDNS announcement, validated; checks the key against the pin (PROTOCOL.md §2, §4)."""
+        if agent_id == self.agent_id:
+            return  # our own record, or another daemon claiming our id (discovery warns)
         now = trio.current_time()
         rec = self.store.get(agent_id)
         pinned = rec.pubkey if rec is not None else None
@@ -134,6 +137,7 @@ class Node:
             log.info("peer %s: discovered at %s:%s", agent_id, host, port)
             return
         peer.mdns_seen = now
+        peer.said_goodbye = False
         if peer.pubkey is None and pinned is None and not self._check_key(peer, pubkey, None):
             return
         if peer.pubkey is not None and pubkey != peer.pubkey:
@@ -194,13 +198,18 @@ class Node:
         peer = self.peers.get(agent_id)
         if peer is not None:
             peer.mdns_seen = None
-            peer.learned_at = min(peer.learned_at, trio.current_time() - 3600)
+            peer.said_goodbye = True
 
     def expire_stale(self, after: float) -> None:
         """Drop peers neither refreshed by mDNS nor connected for ``after`` seconds (§2)."""
         now = trio.current_time()
         for peer in list(self.peers.values()):
             if peer.source in ("static", "manual") or peer.connected or len(peer.outbox):
+                continue
+            if peer.said_goodbye:
+                log.info("peer %s: said goodbye (mDNS) and has no session: dropped", peer.agent_id)
+                self.stats.inc("peers_gone")
+                self.remove_peer(peer.agent_id, "gone")
                 continue
             last = peer.mdns_seen if peer.mdns_seen is not None else peer.learned_at
             if now - last >= after:

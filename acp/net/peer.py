@@ -292,6 +292,7 @@ class Peer:
     kick: trio.Event = attrs.field(factory=trio.Event)
     changed: trio.Event = attrs.field(factory=trio.Event)
     boot: str | None = None  # the per-boot TXT value last announced
+    said_goodbye: bool = False  # mDNS goodbye received since the last announcement
     notify: Callable[[], None] | None = None  # the node's "sessions changed"
 
     def poke(self) -> None:

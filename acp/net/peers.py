@@ -143,6 +143,8 @@ class PeerManager:
         except trio.TooSlowError:
             peer.last_error = f"handshake with {host}:{port} timed out"
             node.stats.inc("dial_failures")
+            if node.on_dial_failed is not None:
+                node.on_dial_failed(peer)
             return False
         except hs.Refused as exc:
             peer.last_error = str(exc)
@@ -152,6 +154,8 @@ class PeerManager:
         except (OSError, HandshakeError, ProtocolError, trio.BrokenResourceError) as exc:
             peer.last_error = f"dial {host}:{port}: {exc}"
             node.stats.inc("dial_failures")
+            if node.on_dial_failed is not None:
+                node.on_dial_failed(peer)
             log.info("peer %s: dial %s:%s failed: %s", peer.agent_id, host, port, exc)
             return False
         node.stats.inc("sessions_outbound")
