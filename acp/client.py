@@ -42,6 +42,22 @@ def _unavailable(path: Path, exc: OSError) -> DaemonUnavailable:
     )
 
 
+def socket_file(home: Path | str | None, socket_path: Path | str | None) -> Path:
+    return Path(socket_path) if socket_path else Path(home or default_home()) / "acp.sock"
+
+
+def request_line(cmd: str, req: int, args: dict[str, Any]) -> bytes:
+    return json.dumps({"cmd": cmd, "req": req, **args}, separators=(",", ":")).encode() + b"\n"
+
+
+def send_args(to: str, envelope: dict[str, Any], wait: str, timeout: float) -> dict[str, Any]:
+    """The fields of a ``send`` request; ``timeout`` only matters when the client waits."""
+    args: dict[str, Any] = {"to": to, "envelope": envelope}
+    if wait != "accepted":
+        args.update(wait=wait, timeout=timeout)
+    return args
+
+
 def _check(reply: dict[str, Any]) -> dict[str, Any]:
     if reply.get("ok") is False:
         err = reply.get("error") or {}
@@ -98,7 +114,7 @@ class Client:
     def __init__(
         self, home: Path | str | None = None, *, socket_path: Path | str | None = None
     ) -> None:
-        self.path = Path(socket_path) if socket_path else Path(home or default_home()) / "acp.sock"
+        self.path = socket_file(home, socket_path)
         self._sock: socket.socket | None = None
         self._file: Any = None
         self._req = itertools.count(1)
@@ -153,7 +169,7 @@ class Client:
         self.connect()
         assert self._sock is not None
         req = next(self._req)
-        line = json.dumps({"cmd": cmd, "req": req, **args}, separators=(",", ":")).encode() + b"\n"
+        line = request_line(cmd, req, args)
         try:
             self._sock.sendall(line)
         except OSError as exc:
@@ -168,9 +184,7 @@ class Client:
         self, to: str, envelope: dict[str, Any], *, wait: str = "accepted", timeout: float = 30.0
     ) -> dict[str, Any]:
         """Send an envelope; ``wait`` is ``accepted`` (default), ``acked`` or ``response``."""
-        args: dict[str, Any] = {"to": to, "envelope": envelope}
-        if wait != "accepted":
-            args.update(wait=wait, timeout=timeout)
+        args = send_args(to, envelope, wait, timeout)
         return self.request("send", read_timeout=timeout + _SLACK, **args)
 
     def query(
@@ -280,7 +294,7 @@ class TrioClient:
     def __init__(
         self, home: Path | str | None = None, *, socket_path: Path | str | None = None
     ) -> None:
-        self.path = Path(socket_path) if socket_path else Path(home or default_home()) / "acp.sock"
+        self.path = socket_file(home, socket_path)
         self._stream: Any = None
         self._buf = b""
         self._req = itertools.count(1)
@@ -312,8 +326,7 @@ class TrioClient:
 
     async def request(self, cmd: str, **args: Any) -> dict[str, Any]:
         req = next(self._req)
-        line = json.dumps({"cmd": cmd, "req": req, **args}, separators=(",", ":")).encode() + b"\n"
-        await self._stream.send_all(line)
+        await self._stream.send_all(request_line(cmd, req, args))
         while True:
             obj = await self._readline()
             if obj.get("req") == req and "ok" in obj:
@@ -328,10 +341,7 @@ class TrioClient:
         wait: str = "accepted",
         timeout: float = 30.0,  # noqa: ASYNC109 - the daemon's wait, sent in the request
     ) -> dict[str, Any]:
-        args: dict[str, Any] = {"to": to, "envelope": envelope}
-        if wait != "accepted":
-            args.update(wait=wait, timeout=timeout)
-        return await self.request("send", **args)
+        return await self.request("send", **send_args(to, envelope, wait, timeout))
 
     async def query(self, to: str, question: str, **kw: Any) -> dict[str, Any]:
         wait = kw.pop("wait", "accepted")
