@@ -281,6 +281,7 @@ class Node:
 
     def expire(self) -> None:
         now = trio.current_time()
+        self.seen.prune(now)
         for peer in list(self.peers.values()):
             for entry in peer.outbox.expire(now):
                 self.undelivered(entry, peer.agent_id, "expired")
@@ -289,9 +290,8 @@ class Node:
 
     def deliver_inbound(self, peer: Peer, env: Envelope, body: bytes) -> str | None:
         """Hand an envelope to local clients; return None (ACK ok) or the ACK error code."""
-        key = (env.from_, env.id)
         now = trio.current_time()
-        if key in self.seen:
+        if self.seen.seen(env.from_, env.id, now):
             self.stats.inc("duplicates")
             return None
         peer.last_seen = time.time()
@@ -305,7 +305,7 @@ class Node:
                 ticket.response = line
                 if ticket.done is not None:
                     ticket.done.set()
-                self.seen.check_and_add(key, now)
+                self.seen.add(env.from_, env.id, now)
                 self.stats.inc("messages_delivered")
                 return None
         if self.subscribers:
@@ -319,7 +319,7 @@ class Node:
             self.stats.inc("inbox_full")
             log.warning("inbox full (%d): refusing %s from %s", self.inbox.limit, env.id, env.from_)
             return "inbox_full"
-        self.seen.check_and_add(key, now)
+        self.seen.add(env.from_, env.id, now)
         self.recent_inbound[env.id] = env.from_
         if len(self.recent_inbound) > RECENT_INBOUND:
             self.recent_inbound.popitem(last=False)

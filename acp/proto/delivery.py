@@ -6,7 +6,7 @@ Nothing here reads a clock: every method that cares about time takes ``now`` (se
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 import attrs
@@ -15,7 +15,7 @@ OUTBOX_TTL = 300.0  # seconds an un-ACKed envelope is kept
 OUTBOX_LIMIT = 1000  # un-ACKed envelopes kept per peer
 INBOX_LIMIT = 1000  # envelopes kept for a client that is not subscribed
 SEEN_WINDOW = 600.0  # seconds a (from, id) pair is remembered
-SEEN_LIMIT = 200_000  # pairs remembered at most, oldest forgotten first
+SEEN_LIMIT = 16384  # ids remembered per sender at most (two generations of half that)
 
 T = TypeVar("T")
 
@@ -155,37 +155,71 @@ class Outbox:
 
 
 class SeenWindow:
-    """Remembers (from, id) pairs for ``window`` seconds so duplicates are ACKed, not redelivered."""
+    """Remembers which envelope ids each sender used, so duplicates are ACKed, not redelivered.
+
+    Why not a dict of (from, id) -> time: at thousands of envelopes a second that holds ~370 bytes
+    per envelope for 10 minutes (tens of MiB). Here each sender has two generations of hashed ids:
+    the current one is retired when it is ``window`` seconds old or holds ``limit // 2`` ids, and
+    the one before it is dropped at that moment. So an id is remembered for at least ``window``
+    seconds (PROTOCOL.md §6) as long as its sender sends fewer than ``limit // 2`` envelopes per
+    ``window``; a faster sender's ids are remembered for its last ``limit // 2`` envelopes at least,
+    which is far more than any sender resends (it resends only what is in its outbox). Memory is
+    about 60 bytes per id, at most ``limit`` ids per sender. Ids are hashed with Python's keyed
+    (per-process) SipHash: a false "duplicate" needs a 64-bit collision within one sender's ids.
+    """
 
     def __init__(self, *, window: float = SEEN_WINDOW, limit: int = SEEN_LIMIT) -> None:
         self.window = window
         self.limit = limit
-        self._seen: OrderedDict[Hashable, float] = OrderedDict()
+        self._senders: dict[str, _Generations] = {}
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return sum(len(g.current) + len(g.previous) for g in self._senders.values())
 
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._seen
+    def seen(self, sender: str, env_id: str, now: float) -> bool:
+        """Whether ``env_id`` from ``sender`` is remembered."""
+        gens = self._senders.get(sender)
+        if gens is None:
+            return False
+        gens.rotate(now, self.window, self.limit)
+        h = hash(env_id)
+        return h in gens.current or h in gens.previous
 
-    def check_and_add(self, key: Hashable, now: float) -> bool:
-        """True if ``key`` was seen within the window (a duplicate); records it otherwise."""
-        self._prune(now)
-        if key in self._seen:
+    def add(self, sender: str, env_id: str, now: float) -> None:
+        gens = self._senders.get(sender)
+        if gens is None:
+            gens = self._senders[sender] = _Generations(now)
+        gens.rotate(now, self.window, self.limit)
+        gens.current.add(hash(env_id))
+
+    def check_and_add(self, sender: str, env_id: str, now: float) -> bool:
+        """True if already remembered (a duplicate); remembers it otherwise."""
+        if self.seen(sender, env_id, now):
             return True
-        self._seen[key] = now
-        if len(self._seen) > self.limit:
-            self._seen.popitem(last=False)
+        self.add(sender, env_id, now)
         return False
 
-    def _prune(self, now: float) -> None:
-        horizon = now - self.window
-        seen = self._seen
-        while seen:
-            _key, t = next(iter(seen.items()))
-            if t > horizon:
-                break
-            seen.popitem(last=False)
+    def prune(self, now: float) -> None:
+        """Forget senders with nothing left to remember (peers that went away)."""
+        for sender in [s for s, g in self._senders.items() if now - g.started >= 2 * self.window]:
+            del self._senders[sender]
+
+
+class _Generations:
+    __slots__ = ("current", "previous", "started")
+
+    def __init__(self, now: float) -> None:
+        self.current: set[int] = set()
+        self.previous: set[int] = set()
+        self.started = now
+
+    def rotate(self, now: float, window: float, limit: int) -> None:
+        age = now - self.started
+        if age >= window or len(self.current) >= limit // 2:
+            # After two windows of silence the previous generation is too old to keep as well.
+            self.previous = self.current if age < 2 * window else set()
+            self.current = set()
+            self.started = now
 
 
 class Inbox(Generic[T]):

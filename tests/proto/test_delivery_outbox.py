@@ -330,32 +330,40 @@ TestOutboxModel = OutboxMachine.TestCase
 
 def test_seen_window_duplicates_within_window() -> None:
     seen = SeenWindow(window=600)
-    assert seen.check_and_add(("agent-one", "m1"), 0) is False
-    assert seen.check_and_add(("agent-one", "m1"), 1) is True
-    assert seen.check_and_add(("agent-one", "m1"), 599.9) is True
-    assert seen.check_and_add(("agent-two", "m1"), 10) is False  # the pair counts, not the id
-    assert ("agent-two", "m1") in seen and len(seen) == 2
+    assert seen.check_and_add("agent-one", "m1", 0) is False
+    assert seen.check_and_add("agent-one", "m1", 1) is True
+    assert seen.check_and_add("agent-one", "m1", 599.9) is True
+    assert seen.check_and_add("agent-two", "m1", 10) is False  # the pair counts, not the id
+    assert seen.seen("agent-two", "m1", 11) and len(seen) == 2
 
 
-def test_seen_window_forgets_after_window() -> None:
+@pytest.mark.parametrize("added_at", [0.0, 1.0, 299.0, 599.9, 600.0, 1234.5])
+def test_seen_window_remembers_at_least_the_window_and_forgets_by_twice_it(added_at: float) -> None:
     seen = SeenWindow(window=600)
-    seen.check_and_add("a", 0)
-    seen.check_and_add("b", 300)
-    assert seen.check_and_add("a", 600.1) is False  # forgotten, so recorded anew
-    assert seen.check_and_add("b", 700) is True
-    assert seen.check_and_add("b", 900.5) is False
-    assert seen.check_and_add("a", 1000) is True  # re-recorded at 600.1
-    assert len(seen) == 2
+    seen.add("peer", "other", 0.0)  # the generation starts before the id arrives
+    seen.add("peer", "m", added_at)
+    for t in (added_at, added_at + 300, added_at + 599.99):
+        assert seen.seen("peer", "m", t), t
+    assert not seen.seen("peer", "m", added_at + 1200.0)
 
 
-def test_seen_window_limit_forgets_oldest() -> None:
-    seen = SeenWindow(window=600, limit=3)
-    for i, key in enumerate("abcd"):
-        assert seen.check_and_add(key, i) is False
-    assert len(seen) == 3
-    assert "a" not in seen
-    assert seen.check_and_add("b", 5) is True
-    assert seen.check_and_add("a", 5) is False
+def test_seen_window_a_fast_sender_keeps_its_last_half_limit_ids() -> None:
+    seen = SeenWindow(window=600, limit=8)
+    for i in range(20):  # all within one second: rotation by count, every 4 ids
+        assert seen.check_and_add("fast", f"m{i}", i / 100) is False
+    assert all(seen.seen("fast", f"m{i}", 0.5) for i in range(16, 20))  # the last 4 at least
+    assert not seen.seen("fast", "m0", 0.5)  # the oldest were forgotten
+    assert len(seen) <= 8
+    assert seen.check_and_add("slow", "s1", 0.5) is False  # another sender is not affected
+    assert seen.seen("slow", "s1", 0.6)
+
+
+def test_seen_window_prunes_senders_that_went_quiet() -> None:
+    seen = SeenWindow(window=600)
+    seen.add("gone", "m", 0.0)
+    seen.add("here", "m", 1000.0)
+    seen.prune(1200.0)
+    assert len(seen) == 1 and seen.seen("here", "m", 1200.0) and not seen.seen("gone", "m", 1200.0)
 
 
 # --- Inbox ------------------------------------------------------------------------------------
