@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKLOG = 10_000  # lines queued for one client before it counts as too slow
 MAX_CLIENTS = 256
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024  # per receive_some: one allocation each, kept under malloc's mmap threshold
 
 
 @attrs.define(eq=False)

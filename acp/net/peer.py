@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024  # per receive_some: one allocation each, kept under malloc's mmap threshold
 BATCH_BYTES = 256 * 1024  # envelopes gathered into one send_all at most
 BYE_GRACE = 0.5  # seconds for a best-effort BYE on close
 TCP_KEEPALIVE = 30  # seconds (SPEC §4)

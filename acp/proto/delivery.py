@@ -56,9 +56,10 @@ class Outbox:
         self._inflight: OrderedDict[int, OutboxEntry] = OrderedDict()
         self._by_id: dict[str, list[OutboxEntry]] = {}
         self._dead: set[int] = set()  # seqs removed (ACKed, expired) but still in a deque
+        self._count = 0  # entries held: len() is on the per-send path, so it must not count
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._by_id.values())
+        return self._count
 
     def pending(self) -> int:
         """Entries queued and not yet sent on the current session."""
@@ -73,6 +74,7 @@ class Outbox:
         entry = OutboxEntry(env_id, wire, urgent, now + self.ttl, self._seq, origin)
         (self._urgent if urgent else self._normal).append(entry)
         self._by_id.setdefault(env_id, []).append(entry)
+        self._count += 1
         return entry
 
     def _pop_live(self, queue: deque[OutboxEntry]) -> OutboxEntry | None:
@@ -113,6 +115,7 @@ class Outbox:
                 if not entries:
                     del self._by_id[env_id]
                 del self._inflight[entry.seq]
+                self._count -= 1
                 return entry
         return None
 
@@ -126,6 +129,8 @@ class Outbox:
     def expire(self, now: float) -> list[OutboxEntry]:
         """Remove and return every entry whose TTL has passed."""
         gone: list[OutboxEntry] = []
+        if not self._count:
+            return gone
         for env_id in list(self._by_id):
             keep = []
             for entry in self._by_id[env_id]:
@@ -140,6 +145,7 @@ class Outbox:
         for entry in gone:
             if self._inflight.pop(entry.seq, None) is None:
                 self._dead.add(entry.seq)
+        self._count -= len(gone)
         gone.sort(key=lambda e: e.seq)
         return gone
 
