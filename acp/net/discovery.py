@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_acp._tcp.local."
 QUERY_INTERVAL = 10.0  # seconds between our PTR queries (one packet per host)
+ANSWER_WAIT = 0.5  # seconds from our query to reading the answers from the cache
 IFACE_POLL = 3.0  # seconds between interface checks
 STALE_AFTER = 60.0  # PROTOCOL.md §2
 EVENT_QUEUE = 256
@@ -178,6 +179,7 @@ class Discovery:
         self.ifaces: list[Iface] = []
         self.names: dict[str, str] = {}  # instance name -> agent_id
         self.query_now = trio.Event()
+        self.record_times: dict[str, float] = {}  # instance name -> its SRV record's arrival (ms)
         self.last_dial_requery = -DIAL_REQUERY_GAP
         self.conflicts: set[tuple[str, bytes]] = set()
 
@@ -232,25 +234,30 @@ class Discovery:
         )
         self.zc = zc
         try:
-            self.info = info = self._service_info()
-            # RFC 6762 probing takes ~1.65 s here; the signal handler is already installed.
-            await trio.to_thread.run_sync(
-                lambda: zc.register_service(info, allow_name_change=True), abandon_on_cancel=True
-            )
-            if self.info.name != f"{node.agent_id}.{SERVICE_TYPE}":
-                self._warn(
-                    f"another host already advertises the mDNS name {node.agent_id}; "
-                    f"we advertise as {self.info.name!r}"
-                )
+            # Browse first: probing only concerns our own records, and finding the others need
+            # not wait the ~1.65 s it takes.
             browser = zeroconf.ServiceBrowser(zc, SERVICE_TYPE, handlers=[self._on_change])
-            node.mdns_state = "running"
-            log.info(
-                "mDNS: advertising %s on %s", self.info.name, ", ".join(i.ip for i in self.ifaces)
-            )
-            task_status.started()
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._consume, receive)
+                    self.info = info = self._service_info()
+                    # RFC 6762 probing; the signal handler is already installed.
+                    await trio.to_thread.run_sync(
+                        lambda: zc.register_service(info, allow_name_change=True),
+                        abandon_on_cancel=True,
+                    )
+                    if info.name != f"{node.agent_id}.{SERVICE_TYPE}":
+                        self._warn(
+                            f"another host already advertises the mDNS name {node.agent_id}; "
+                            f"we advertise as {info.name!r}"
+                        )
+                    node.mdns_state = "running"
+                    log.info(
+                        "mDNS: advertising %s on %s",
+                        info.name,
+                        ", ".join(i.ip for i in self.ifaces),
+                    )
+                    task_status.started()
                     nursery.start_soon(self._query_loop)
                     nursery.start_soon(self._watch_interfaces)
                     nursery.start_soon(self._watch_sessions)
@@ -281,9 +288,10 @@ class Discovery:
                 zc.get_service_info, SERVICE_TYPE, name, RESOLVE_TIMEOUT_MS, abandon_on_cancel=True
             )
             if info is not None:
-                self._seen(info)
+                self._seen(info, fresh=True)
 
-    def _seen(self, info: ServiceInfo) -> None:
+    def _seen(self, info: ServiceInfo, *, fresh: bool) -> None:
+        """``fresh``: the peer itself answered or announced just now (not only our cache)."""
         ann = Announcement.from_info(info)
         if ann is None:
             self.node.stats.inc("mdns_bad_records")
@@ -304,7 +312,7 @@ class Discovery:
         host = pick_address(ann.addresses, self.ifaces)
         if host is None:
             return
-        node.discovered(ann.agent_id, ann.pubkey, host, ann.port, boot=ann.boot)
+        node.discovered(ann.agent_id, ann.pubkey, host, ann.port, boot=ann.boot, fresh=fresh)
 
     def _warn(self, message: str) -> None:
         log.warning("mDNS: %s", message)
@@ -320,9 +328,16 @@ class Discovery:
             zc = self.zc
             assert zc is not None
             connected = {p.agent_id for p in self.node.peers.values() if p.connected}
-            infos = await trio.to_thread.run_sync(_query_and_scan, zc, connected, self.names)
-            for info in infos:
-                self._seen(info)
+            await trio.to_thread.run_sync(_send_queries, zc, connected, self.names)
+            await trio.sleep(
+                ANSWER_WAIT
+            )  # responders wait 20-120 ms (RFC 6762 §6) before answering
+            found = await trio.to_thread.run_sync(_scan_cache, zc)
+            for info, created in found:
+                # a record newer than the last one we saw: the peer answered our query
+                fresh = created > self.record_times.get(info.name, created)
+                self.record_times[info.name] = created
+                self._seen(info, fresh=fresh)
             self.node.expire_stale(STALE_AFTER)
 
     async def _watch_interfaces(self) -> None:
@@ -391,16 +406,21 @@ def _close(zc: Zeroconf) -> None:
         zc.close()
 
 
-def _query_and_scan(zc: Zeroconf, connected: set[str], names: dict[str, str]) -> list[ServiceInfo]:
-    """In a worker thread: send one PTR query (plus SRV/TXT for missing peers), read the cache."""
-    from zeroconf import DNSOutgoing, DNSQuestion, current_time_millis  # type: ignore[attr-defined]
-
-    now = current_time_millis()
-    pointers: list[Any] = [
+def _pointers(zc: Zeroconf, now: float) -> list[Any]:
+    return [
         r
         for r in zc.cache.get_all_by_details(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN)
         if not r.is_expired(now)
     ]
+
+
+def _send_queries(zc: Zeroconf, connected: set[str], names: dict[str, str]) -> None:
+    """In a worker thread: one PTR query, whose known answers are the peers we have sessions
+    with (so only the missing ones answer), plus SRV/TXT questions for known missing instances."""
+    from zeroconf import DNSOutgoing, DNSQuestion, current_time_millis  # type: ignore[attr-defined]
+
+    now = current_time_millis()
+    pointers = _pointers(zc, now)
     out = DNSOutgoing(_FLAGS_QR_QUERY, multicast=True)
     out.add_question(DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
     for ptr in pointers:
@@ -414,14 +434,21 @@ def _query_and_scan(zc: Zeroconf, connected: set[str], names: dict[str, str]) ->
             q.add_question(DNSQuestion(name, _TYPE_SRV, _CLASS_IN))
             q.add_question(DNSQuestion(name, _TYPE_TXT, _CLASS_IN))
         zc.send(q)
+
+
+def _scan_cache(zc: Zeroconf) -> list[tuple[ServiceInfo, float]]:
+    """In a worker thread: every live instance in the cache, with its SRV record's arrival time."""
+    from zeroconf import current_time_millis
+
+    now = current_time_millis()
     infos = []
-    for ptr in pointers:
+    for ptr in _pointers(zc, now):
         srv = zc.cache.get_by_details(ptr.alias, _TYPE_SRV, _CLASS_IN)
         if srv is None or srv.is_expired(now):
             continue
         info = ServiceInfo(SERVICE_TYPE, ptr.alias)
         if info.load_from_cache(zc, now):
-            infos.append(info)
+            infos.append((info, float(srv.created)))
     return infos
 
 

@@ -21,7 +21,7 @@ from acp.config import Config
 from acp.errors import IpcError
 from acp.identity import Identity
 from acp.model import Ack, Envelope, fingerprint
-from acp.net.peer import KEY_CHANGED, REFUSED, Peer
+from acp.net.peer import BACKOFF, KEY_CHANGED, REFUSED, Peer
 from acp.net.stats import Stats
 from acp.proto import ipc
 from acp.proto.delivery import Inbox, OutboxEntry, OutboxFull, SeenWindow
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECENT_INBOUND = 10_000  # inbound envelope ids remembered for `acp reply`
+REDIAL_GAP = 5.0  # seconds between redials that fresh mDNS answers may cause for one peer
 
 
 @attrs.define(eq=False)
@@ -120,9 +121,20 @@ class Node:
     # -- what mDNS says ----------------------------------------------------------------------------
 
     def discovered(
-        self, agent_id: str, pubkey: bytes, host: str, port: int, *, boot: str | None
+        self,
+        agent_id: str,
+        pubkey: bytes,
+        host: str,
+        port: int,
+        *,
+        boot: str | None,
+        fresh: bool = True,
     ) -> None:
-        """An mDNS announcement, validated; checks the key against the pin (PROTOCOL.md §2, §4)."""
+        """An mDNS announcement, validated; checks the key against the pin (PROTOCOL.md §2, §4).
+
+        ``fresh``: the peer itself just answered or announced (not merely our cache): if we have no
+        session with it, it is reachable again, so dial now rather than when the backoff ends.
+        """
         if agent_id == self.agent_id:
             return  # our own record, or another daemon claiming our id (discovery warns)
         now = trio.current_time()
@@ -149,8 +161,13 @@ class Node:
         peer.boot = boot
         if peer.source not in ("static", "manual"):
             peer.host, peer.port, peer.source = host, port, "mdns"
-        if moved and not peer.connected:
+        if peer.connected:
+            return
+        if moved:
             log.info("peer %s: announced at %s:%s: dialling at once", agent_id, host, port)
+            peer.poke()
+        elif fresh and peer.state == BACKOFF and now - peer.last_poke >= REDIAL_GAP:
+            log.info("peer %s: answered mDNS again: dialling at once", agent_id)
             peer.poke()
 
     def _check_key(self, peer: Peer, announced: bytes, held: bytes | None) -> bool:

@@ -292,11 +292,13 @@ class Peer:
     kick: trio.Event = attrs.field(factory=trio.Event)
     changed: trio.Event = attrs.field(factory=trio.Event)
     boot: str | None = None  # the per-boot TXT value last announced
-    said_goodbye: bool = False  # mDNS goodbye received since the last announcement
+    said_goodbye: bool = False
+    last_poke: float = -1e9  # trio clock  # mDNS goodbye received since the last announcement
     notify: Callable[[], None] | None = None  # the node's "sessions changed"
 
     def poke(self) -> None:
         """Wake the supervisor: an address changed, a key was trusted, a session came or went."""
+        self.last_poke = trio.current_time()
         self.kick.set()
         self.kick = trio.Event()
 

@@ -141,8 +141,11 @@ class PeerManager:
             with trio.fail_after(hs.HANDSHAKE_TIMEOUT):
                 session = await handshake.dial(node, peer, host, port)
         except trio.TooSlowError:
-            peer.last_error = f"handshake with {host}:{port} timed out"
+            peer.last_error = (
+                f"dial {host}:{port}: no handshake within {hs.HANDSHAKE_TIMEOUT:.0f} s"
+            )
             node.stats.inc("dial_failures")
+            log.info("peer %s: %s", peer.agent_id, peer.last_error)
             if node.on_dial_failed is not None:
                 node.on_dial_failed(peer)
             return False

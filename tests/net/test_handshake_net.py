@@ -97,7 +97,7 @@ async def test_initiator_without_message_2_fails_at_5s_then_backs_off(
     await trio.sleep_until(t0 + 5)
     await settle()
     assert peer.state == BACKOFF
-    assert peer.last_error == "handshake with 10.0.0.2:7102 timed out"
+    assert peer.last_error == "dial 10.0.0.2:7102: no handshake within 5 s"
     assert peer.next_try == t0 + 6  # backoff 1 s after the failed attempt
     assert alpha.stats["dial_failures"] == 1
 

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 from netkit import make_node
 
-from acp.net.peer import KEY_CHANGED, REFUSED
+from acp.net.peer import BACKOFF, KEY_CHANGED, REFUSED
 
 
 def key() -> bytes:
@@ -90,3 +90,26 @@ async def test_our_own_agent_id_is_not_a_peer(tmp_path: Path) -> None:
     node = make_node(tmp_path, "alpha")
     node.discovered("alpha", key(), "10.0.0.9", 7100, boot="z")
     assert "alpha" not in node.peers
+
+
+async def test_a_fresh_answer_redials_a_peer_in_backoff_at_most_every_5s(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = make_node(tmp_path, "alpha")
+    k = key()
+    node.discovered("beta", k, "10.0.0.2", 7100, boot="b1")
+    peer = node.peers["beta"]
+    peer.state = BACKOFF  # its dials failed during a partition
+    await trio.sleep(10)
+    kick = peer.kick
+    node.discovered("beta", k, "10.0.0.2", 7100, boot="b1", fresh=False)  # only our cache
+    assert not kick.is_set()
+    node.discovered("beta", k, "10.0.0.2", 7100, boot="b1", fresh=True)  # it answered: healed
+    assert kick.is_set()
+    kick = peer.kick
+    await trio.sleep(1)
+    node.discovered("beta", k, "10.0.0.2", 7100, boot="b1", fresh=True)
+    assert not kick.is_set()  # not again so soon
+    await trio.sleep(5)
+    node.discovered("beta", k, "10.0.0.2", 7100, boot="b1", fresh=True)
+    assert kick.is_set()
