@@ -3,9 +3,9 @@
 A figure is only comparable if the client, the message shapes and the timing are identical for
 every implementation, and if the client is never the bottleneck. This module holds:
 
-- ``Target``: what an implementation must provide (start N sender/receiver endpoint pairs, a
-  cold-start command, a memory figure). ``limit.LimitTarget`` and ``acp_target.AcpTarget`` are the
-  two implementations; adding one is a class with four members.
+- ``Target``: what an implementation must provide (start N sender/receiver endpoint pairs, here or
+  in two network namespaces; start one lone endpoint; name its own client commands, if it has
+  any). ``limit.LimitTarget`` and ``acp_target.AcpTarget`` are the two implementations.
 - The client, run as separate worker processes (``python bench/common.py worker SPEC``), one per
   endpoint pair, so four pairs get four client processes and the driver's own work stays out of
   the measurement. A worker uses plain sockets (blocking for latency, epoll for throughput: a
@@ -13,7 +13,8 @@ every implementation, and if the client is never the bottleneck. This module hol
   warms the chain up, prints ``{"ready":true}``, waits for ``go`` on stdin, measures, and prints
   its result as JSON. Its CPU time is reported, so "the client was not the bottleneck" is a number.
 - The driver side (trio: it starts and stops processes): ``measure_latency``,
-  ``measure_throughput``, ``cold_start_times``, ``idle_daemon_memory``, used by bench/run.py.
+  ``measure_throughput``, ``measure_flood``, ``ipc_request``, ``wait_connected``, used by
+  bench/run.py and bench/lifecycle.py.
 
 Timing: every process reads CLOCK_MONOTONIC (``time.monotonic_ns``), which is system-wide on Linux,
 so the receiving worker subtracts the sender's ``bench_t`` (an extra top-level envelope field, passed
@@ -52,6 +53,7 @@ WINDOW_BYTES = 2 * KIB * KIB
 WINDOW_MAX = 512
 READY_TIMEOUT = 60.0  # seconds for endpoints or workers to come up (acp: session set-up)
 DRAIN_TIMEOUT = 60.0  # seconds for the last envelopes of a run to arrive
+FLOOD_MAX_SECONDS = 300.0  # a measure_flood run that takes longer is a failure
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 COMMON = Path(__file__).resolve()
 
@@ -72,6 +74,16 @@ class Pair:
     sender_id: str
     receiver_id: str
     pids: tuple[int, ...]  # the processes serving this pair, for CPU and memory readings
+
+
+@attrs.frozen
+class Sample:
+    """One reading of one figure for one target in one round."""
+
+    figure: str
+    value: float
+    unit: str
+    note: dict[str, float] = attrs.field(factory=dict)  # e.g. CPU cores used, a floor's parts
 
 
 @attrs.frozen
@@ -96,6 +108,47 @@ class Memory:
     def of_pid(cls, pid: int) -> Memory:
         return cls.from_proc_status(Path(f"/proc/{pid}/status").read_text())
 
+    @property
+    def rss_mib(self) -> float:
+        return self.rss_kib / KIB
+
+    @property
+    def hwm_mib(self) -> float:
+        return self.hwm_kib / KIB
+
+
+@attrs.frozen
+class Placement:
+    """Where a pair's two ends run: how to start a process there, and the address to dial it at.
+
+    ``LOOPBACK`` is both ends here, on 127.0.0.1. veth.py makes one with each end in its own
+    network namespace (prefix ``ip netns exec NAME``), joined by a veth pair.
+    """
+
+    sender_prefix: tuple[str, ...] = ()  # argv prefix that starts a process on the sender's side
+    receiver_prefix: tuple[str, ...] = ()
+    sender_host: str = "127.0.0.1"  # the sender's address, as the receiver sees it
+    receiver_host: str = "127.0.0.1"
+
+
+LOOPBACK = Placement()
+
+
+@attrs.frozen
+class Command:
+    """A command line to time, with its environment (None: ours)."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str] | None = None
+
+
+@attrs.frozen
+class Lone:
+    """One endpoint with no peer: the command that starts it, and its IPC socket."""
+
+    command: Command
+    sock: Path
+
 
 class Target(Protocol):
     """An implementation under test. Everything it starts must stop when ``open_pairs`` exits."""
@@ -106,20 +159,23 @@ class Target(Protocol):
         """Why this target cannot run here (not built yet, ...), or None."""
         ...
 
-    def open_pairs(self, count: int, workdir: Path) -> AbstractAsyncContextManager[list[Pair]]:
+    def open_pairs(
+        self, count: int, workdir: Path, place: Placement = LOOPBACK
+    ) -> AbstractAsyncContextManager[list[Pair]]:
         """Start ``count`` independent sender/receiver chains; sockets live in ``workdir``.
 
         Usable means the sockets accept connections; the session between the two ends may
-        still be coming up (workers wait for their first message before they report ready).
+        still be coming up (``wait_connected``, or workers wait for their first message).
         """
         ...
 
-    def cold_start_argv(self) -> list[str]:
-        """A command whose wall time from exec to exit is this target's cold start."""
+    def lone(self, workdir: Path) -> Lone:
+        """How to start one endpoint without a peer (the start-up figure); files go in workdir."""
         ...
 
-    async def memory(self, workdir: Path) -> Memory:
-        """The memory figure: the import floor for the limit, the idle daemon for acp."""
+    def cli_commands(self, pair: Pair) -> dict[str, Command] | None:
+        """Its own client's ``send`` (to the pair's receiver), ``peers`` and ``status`` commands,
+        run against the pair's sender; None if it has no client (its figure is then the floor)."""
         ...
 
 
@@ -347,6 +403,7 @@ class WorkerSpec:
     count: int = 0  # latency: measured messages
     warmup: int = 0  # latency: unmeasured messages first
     duration: float = 0.0  # throughput: seconds of sending
+    total: int = 0  # throughput: stop after this many envelopes, if sooner (0: no limit)
     warmup_duration: float = 0.0  # throughput: seconds of unmeasured sending first
 
     @classmethod
@@ -418,8 +475,11 @@ def one_way(conn: Conn, msg: Message, seq: int) -> int:
     return t_in - t
 
 
-def pump(conn: Conn, msg: Message, seq0: int, spec: WorkerSpec, seconds: float) -> dict[str, Any]:
-    """Send as fast as the window allows for ``seconds``, then wait until all arrived.
+def pump(
+    conn: Conn, msg: Message, seq0: int, spec: WorkerSpec, seconds: float, total: int = 0
+) -> dict[str, Any]:
+    """Send as fast as the window allows for ``seconds`` (or ``total`` envelopes, if sooner),
+    then wait until all arrived.
 
     One thread, non-blocking sockets and epoll: the client must cost little next to the relays'
     parse + crypto, on the same two cores. The receiver only counts newlines (one push per line),
@@ -448,10 +508,10 @@ def pump(conn: Conn, msg: Message, seq0: int, spec: WorkerSpec, seconds: float) 
         while True:
             now = time.monotonic_ns()
             if sent < 0 and not out:
-                if now >= deadline:
+                if now >= deadline or (total and seq - seq0 >= total):
                     sent = seq - seq0
                 elif window - inflight >= batch:  # refill in whole batches: fewer wake-ups
-                    k = batch
+                    k = min(batch, total - (seq - seq0)) if total else batch
                     out = memoryview(b"".join([msg.line(s, now) for s in range(seq, seq + k)]))
                     inflight += k
                     seq += k
@@ -523,7 +583,7 @@ def worker(spec: WorkerSpec) -> None:
         samples = [one_way(conn, msg, seq + i) for i in range(spec.count)]
         result: dict[str, Any] = {"latency_ns": samples, "cpu": time.process_time() - cpu0}
     else:
-        result = pump(conn, msg, seq, spec, spec.duration)
+        result = pump(conn, msg, seq, spec, spec.duration, spec.total)
     print(json.dumps(result), flush=True)
 
 
@@ -653,22 +713,89 @@ async def measure_throughput(
     )
 
 
-def cold_start_times(argv: Sequence[str], runs: int) -> list[float]:
-    """Wall seconds from spawn to exit of ``argv``, ``runs`` times (blocking: use a thread)."""
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
-        times.append(time.perf_counter() - t0)
+async def measure_flood(pair: Pair, size: int, total: int, workdir: Path) -> Throughput:
+    """Send exactly ``total`` envelopes through ``pair``, pipelined as the throughput figures are."""
+    spec = WorkerSpec(
+        "throughput",
+        str(pair.send_sock),
+        str(pair.recv_sock),
+        pair.sender_id,
+        pair.receiver_id,
+        size,
+        duration=FLOOD_MAX_SECONDS,
+        total=total,
+    )
+    run = await run_workers([spec], pair.pids, workdir)
+    (result,) = run.results
+    if result["sent"] != total:
+        raise BenchError(f"sent {result['sent']} of {total} envelopes in {FLOOD_MAX_SECONDS} s")
+    elapsed = (result["t_end"] - result["t0"]) / 1e9
+    return Throughput(
+        msgs_per_s=total / elapsed,
+        mb_per_s=total * size / elapsed / 1e6,
+        client_cores=run.client_cpu / elapsed,
+        target_cores=run.target_cpu / run.wall,
+        other_cores=run.other_cores,
+    )
+
+
+# -- talking to an endpoint's IPC socket from the driver --------------------------------------------
+
+
+async def ipc_request(sock: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """One request on a fresh connection to ``sock``, and its reply (the first line with "ok").
+
+    OSError if nothing accepts connections there yet; BenchError if the reply says ok false.
+    """
+    stream = await trio.open_unix_socket(str(sock))
+    async with stream:
+        await stream.send_all(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+        lines = LineReader(stream)
+        with trio.fail_after(READY_TIMEOUT):
+            while True:
+                try:
+                    reply = json.loads(await lines.line())
+                except EOFError:
+                    raise BenchError(f"{sock} closed the connection before replying") from None
+                if isinstance(reply, dict) and "ok" in reply:
+                    break
+    if reply["ok"] is not True:
+        raise BenchError(f"{sock} refused {request}: {reply}")
+    return dict(reply)
+
+
+async def wait_connected(sock: Path, peers: int = 1) -> dict[str, Any]:
+    """Until the endpoint at ``sock`` reports ``peers`` connected peers; its last status reply."""
+    with trio.fail_after(READY_TIMEOUT):
+        while True:
+            status = await ipc_request(sock, {"cmd": "status"})
+            if status.get("peers_connected", 0) >= peers:
+                return status
+            await trio.sleep(0.02)
+
+
+def timed_runs(commands: dict[str, Command], runs: int) -> dict[str, list[float]]:
+    """Wall seconds from spawn to exit of each command, ``runs`` times, interleaved.
+
+    Run ``i`` starts at command ``i`` and goes round, so no command is always the one right after
+    another (a page cache warmed, a core freed). Blocking: call it in a thread.
+    """
+    names = list(commands)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(runs):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            cmd = commands[name]
+            t0 = time.perf_counter()
+            subprocess.run(
+                cmd.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=cmd.env,
+                check=True,
+            )
+            times[name].append(time.perf_counter() - t0)
     return times
-
-
-async def idle_daemon_memory(target: Target, workdir: Path, settle: float = 1.0) -> Memory:
-    """Memory of a target's sending daemon after start, a session, 100 envelopes and a pause."""
-    async with target.open_pairs(1, workdir) as (pair,):
-        await measure_latency(pair, SIZES["1KiB"], 100, 0, workdir)
-        await trio.sleep(settle)
-        return Memory.of_pid(pair.pids[0])
 
 
 def main() -> None:

@@ -23,6 +23,8 @@ client uses, so the same client drives both:
 
     {"cmd":"send","to":ID,"envelope":{...}}  -> {"ok":true,"msg_id":<envelope id>}
     {"cmd":"subscribe"}                     -> {"ok":true}, then {"inbound":true,"envelope":{...}}
+    {"cmd":"status"}                        -> {"ok":true,"peers_connected":0 or 1}
+    {"cmd":"peers"}                         -> {"ok":true,"peers":[{"status":"connected"}] or []}
     "req" in a request is echoed in its reply.
 
 Run one relay (``python bench/limit.py relay --help``); ``LimitTarget`` starts pairs for bench/run.py.
@@ -45,7 +47,18 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from common import BenchError, Child, Memory, Pair, read_json_line, spawn
+from common import (
+    LOOPBACK,
+    BenchError,
+    Child,
+    Command,
+    Lone,
+    Memory,
+    Pair,
+    Placement,
+    read_json_line,
+    spawn,
+)
 from nacl.bindings import (
     crypto_aead_chacha20poly1305_ietf_decrypt,
     crypto_aead_chacha20poly1305_ietf_encrypt,
@@ -91,6 +104,7 @@ class Relay:
         self.batch = batch  # --batch: one send_all for everything already queued
         self.to_peer_send, self.to_peer_recv = trio.open_memory_channel[bytes](QUEUE_DEPTH)
         self.subscribers: set[trio.MemorySendChannel[bytes]] = set()
+        self.connected = False  # the TCP stream to the peer is up
 
     # -- TCP side: one writer task, one reader task -----------------------------------------
     async def peer_writer(self, stream: trio.abc.SendStream) -> None:
@@ -228,6 +242,12 @@ class Relay:
         elif cmd == "subscribe":
             await out.send(encode(reply))  # queued before the first push
             self.subscribers.add(out)
+        elif cmd == "status":
+            reply["peers_connected"] = int(self.connected)
+            await out.send(encode(reply))
+        elif cmd == "peers":
+            reply["peers"] = [{"status": "connected"}] if self.connected else []
+            await out.send(encode(reply))
         else:
             await out.send(error_line("unknown_command", f"unknown command {cmd!r}", req))
 
@@ -259,7 +279,7 @@ async def run_relay(args: argparse.Namespace) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, relay.serve_client, [ipc])
         if args.peer is None:
-            (tcp,) = await trio.open_tcp_listeners(args.listen, host="127.0.0.1")
+            (tcp,) = await trio.open_tcp_listeners(args.listen, host=args.host)
             port = tcp.socket.getsockname()[1]
             print(json.dumps({"ready": True, "port": port}), flush=True)
             stream = await tcp.accept()
@@ -269,13 +289,14 @@ async def run_relay(args: argparse.Namespace) -> None:
             port = int(port_s)
             stream = await _dial(host, port)
             print(json.dumps({"ready": True, "port": port}), flush=True)
+        relay.connected = True
         nursery.start_soon(relay.peer_writer, stream)
         await relay.peer_reader(stream)
         nursery.cancel_scope.cancel()  # peer gone: the chain is over
 
 
 class LimitTarget:
-    """The baseline: pairs of ``limit.py relay`` processes; python itself for start-up and RSS.
+    """The baseline: pairs of ``limit.py relay`` processes; python itself for the floors.
 
     ``batch=True`` is target ``limit-batch``: relays run with ``--batch``.
     """
@@ -287,15 +308,22 @@ class LimitTarget:
     def unavailable(self) -> str | None:
         return None
 
+    def relay_argv(self, sock: Path, side: list[str], send_key: str, recv_key: str) -> list[str]:
+        argv = [sys.executable, str(HERE), "relay", "--sock", str(sock), *side]
+        argv += ["--send-key", send_key, "--recv-key", recv_key]
+        return argv + (["--batch"] if self.batch else [])
+
     @asynccontextmanager
-    async def open_pairs(self, count: int, workdir: Path) -> AsyncIterator[list[Pair]]:
+    async def open_pairs(
+        self, count: int, workdir: Path, place: Placement = LOOPBACK
+    ) -> AsyncIterator[list[Pair]]:
         """All listening relays (b) first, then the dialling ones (a), so start-ups overlap."""
         async with AsyncExitStack() as stack:
 
-            async def relay(tag: str, sock: Path, side: list[str], send: str, recv: str) -> Child:
-                argv = [sys.executable, str(HERE), "relay", "--sock", str(sock), *side]
-                argv += ["--send-key", send, "--recv-key", recv]
-                argv += ["--batch"] if self.batch else []
+            async def relay(
+                tag: str, prefix: tuple[str, ...], sock: Path, side: list[str], send: str, recv: str
+            ) -> Child:
+                argv = [*prefix, *self.relay_argv(sock, side, send, recv)]
                 log = workdir / f"{self.name}-{tag}.log"
                 name = f"{self.name} relay {tag}"
                 return await stack.enter_async_context(
@@ -304,15 +332,17 @@ class LimitTarget:
 
             keys = [(secrets.token_hex(KEY_LEN), secrets.token_hex(KEY_LEN)) for _ in range(count)]
             socks = [(workdir / f"a{i}.sock", workdir / f"b{i}.sock") for i in range(count)]
+            listen = ["--listen", "0", "--host", place.receiver_host]
             b_relays = [
-                await relay(f"b{i}", socks[i][1], ["--listen", "0"], ba, ab)
+                await relay(f"b{i}", place.receiver_prefix, socks[i][1], listen, ba, ab)
                 for i, (ab, ba) in enumerate(keys)
             ]
             a_relays = []
             for i, (ab, ba) in enumerate(keys):
                 port = (await read_json_line(b_relays[i], "listening"))["port"]
+                dial = ["--peer", f"{place.receiver_host}:{port}"]
                 a_relays.append(
-                    await relay(f"a{i}", socks[i][0], ["--peer", f"127.0.0.1:{port}"], ab, ba)
+                    await relay(f"a{i}", place.sender_prefix, socks[i][0], dial, ab, ba)
                 )
             for a in a_relays:
                 await read_json_line(a, "dialling")
@@ -323,14 +353,22 @@ class LimitTarget:
                 )
             ]
 
-    def cold_start_argv(self) -> list[str]:
-        return [sys.executable, "-c", "pass"]
+    def lone(self, workdir: Path) -> Lone:
+        """A listening relay whose peer never comes: it serves IPC all the same."""
+        sock = workdir / "lone.sock"
+        keys = secrets.token_hex(KEY_LEN), secrets.token_hex(KEY_LEN)
+        return Lone(Command(tuple(self.relay_argv(sock, ["--listen", "0"], *keys))), sock)
 
-    async def memory(self, workdir: Path) -> Memory:
-        """The floor: a python that imports acp's dependencies and does nothing else."""
-        code = f"{FLOOR_IMPORTS}\nprint(open('/proc/self/status').read())"
-        result = await trio.run_process([sys.executable, "-c", code], capture_stdout=True)
-        return Memory.from_proc_status(result.stdout.decode())
+    def cli_commands(self, pair: Pair) -> None:
+        """No client of its own: its cold-start figures are the floor (lifecycle.py)."""
+        return None
+
+
+async def floor_memory() -> Memory:
+    """The RSS floor: a python that imports acp's dependencies and does nothing else."""
+    code = f"{FLOOR_IMPORTS}\nprint(open('/proc/self/status').read())"
+    result = await trio.run_process([sys.executable, "-c", code], capture_stdout=True)
+    return Memory.from_proc_status(result.stdout.decode())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -341,6 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     side = relay.add_mutually_exclusive_group(required=True)
     side.add_argument("--listen", type=int, help="TCP port to accept the peer on (0: any)")
     side.add_argument("--peer", help="HOST:PORT of the listening relay to dial")
+    relay.add_argument("--host", default="127.0.0.1", help="address to listen on (--listen)")
     relay.add_argument("--send-key", required=True, help="64 hex digits: key for frames we send")
     relay.add_argument("--recv-key", required=True, help="64 hex digits: key for frames we receive")
     relay.add_argument(

@@ -6,15 +6,25 @@ always goes first, and the report shows the median with the spread. The limit (l
 baseline: ``ratio`` is a target's median over the limit's median for the same figure. Nothing here
 asserts a time.
 
-Figures (select groups with ``--only latency,throughput``):
+Figures (select groups with ``--only latency,throughput``; bench/README.md says more):
   latency     one-way latency, one envelope at a time, 1 KiB and 60 KiB envelopes: p50, p99 in us
   throughput  envelopes/s and MB/s (10**6 bytes of envelope JSON), 1 KiB and 60 KiB, one sender to
               one receiver, and four senders to four receivers (each pair its own chain)
-  coldstart   exec to exit: limit ``python -c pass``, acp ``acp --version``, in ms
-  rss         limit: a python that imports acp's dependencies (the floor); acp: the idle daemon;
-              VmRSS and VmHWM in MiB
+  netns       latency p50/p99 of 1 KiB envelopes with the two ends in two network namespaces
+              joined by a veth pair (needs real root)
+  coldstart   exec to exit of ``acp send PEER hi``, ``acp peers``, ``acp status`` against a running
+              daemon; limit: the floor (python -c "import cyclopts" + a stdlib client - python)
+  startup     exec of an endpoint to its IPC socket answering ``status``, in ms
+  rss         VmRSS in MiB: idle daemon (mDNS off, on), hub with 10 peers (limit: the floor, a
+              python importing acp's dependencies); before/after a flood of 1 KiB envelopes
+              (limit: a relay pair, the same flood; --flood-rounds of the rounds)
+  idlecpu     % of one core over one window (--idle-seconds; --idle-rounds of the rounds), every
+              target at the same time: hub with 10 peers, its leaves, a pair with mDNS on
+              (limit: an idle relay pair)
 
-Output: a table, then one JSON line per figure and target:
+Groups whose figure would be the same for limit and limit-batch (coldstart, startup, rss, idlecpu)
+skip limit-batch when limit runs. Output: a table (with a ``goal`` column where bench/README.md
+states a target: nothing is asserted), then one JSON line per figure and target:
   {"figure": ..., "target": ..., "value": ..., "unit": ..., "baseline": ..., "ratio": ..., "rounds": [...]}
 
 Run it through ``bash bench/run`` (root, or user namespaces): acp only runs inside a private
@@ -26,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -33,24 +44,30 @@ import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
+import discovery
+import lifecycle
 import trio
+import veth
 from acp_target import AcpTarget
 from common import (
     SIZES,
     BenchError,
+    Sample,
     Target,
-    cold_start_times,
     measure_latency,
     measure_throughput,
 )
 from limit import LimitTarget
 
-GROUPS = ("latency", "throughput", "coldstart", "rss")
+GROUPS = ("latency", "throughput", "netns", "coldstart", "startup", "rss", "idlecpu", "discovery")
 NETNS_ENV = "ACP_BENCH_NETNS"  # set by bench/run inside its network namespace
 MANY_PAIRS = 4
+TWINS = {"limit-batch": "limit"}  # a target whose figures equal another's in some groups
 
 
 @attrs.frozen
@@ -60,23 +77,34 @@ class Settings:
     latency_warmup: int = 100
     duration: float = 2.0  # seconds of sending per throughput figure
     warmup: float = 0.5  # seconds of unmeasured sending first
-    cold_runs: int = 10  # cold starts per round (the round's value is their median)
+    cold_runs: int = 10  # runs of each command per round (the round's value is their median)
+    startup_runs: int = 5  # starts per round (the round's value is their median)
+    flood_messages: int = 100_000  # envelopes between the rss "before" and "after" readings
+    flood_rounds: int = 2  # rounds that run the flood (each takes ~15 s)
+    idle_seconds: float = 60.0  # the idle CPU window
+    idle_rounds: int = 1  # rounds that measure idle CPU
+    discovery_rounds: int = 2  # mesh rounds inside the discovery group (it runs once)
+    quick_discovery: bool = False
 
 
 QUICK = Settings(
-    rounds=1, latency_count=200, latency_warmup=20, duration=0.5, warmup=0.2, cold_runs=3
+    rounds=1,
+    latency_count=200,
+    latency_warmup=20,
+    duration=0.5,
+    warmup=0.2,
+    cold_runs=3,
+    startup_runs=2,
+    flood_messages=10_000,
+    flood_rounds=1,
+    idle_seconds=10.0,
+    idle_rounds=1,
+    discovery_rounds=1,
+    quick_discovery=True,
 )
 
-
-@attrs.frozen
-class Sample:
-    figure: str
-    value: float
-    unit: str
-    note: dict[str, float] = attrs.field(factory=dict)  # e.g. CPU cores used
-
-
 Group = Callable[[Target, Settings, Path], Awaitable[list[Sample]]]
+JointGroup = Callable[[list[Target], Settings, Path], Awaitable[dict[str, list[Sample]]]]
 
 
 async def latency_group(target: Target, s: Settings, workdir: Path) -> list[Sample]:
@@ -88,6 +116,18 @@ async def latency_group(target: Target, s: Settings, workdir: Path) -> list[Samp
             out.append(Sample(f"latency_p50_{label}", lat.p50_us, "us", note))
             out.append(Sample(f"latency_p99_{label}", lat.p99_us, "us", note))
     return out
+
+
+async def netns_group(target: Target, s: Settings, workdir: Path) -> list[Sample]:
+    """The latency figure for 1 KiB, sender and receiver in two namespaces joined by veth."""
+    size = SIZES["1KiB"]
+    async with veth.veth_pair() as place, target.open_pairs(1, workdir, place) as (pair,):
+        lat = await measure_latency(pair, size, s.latency_count, s.latency_warmup, workdir)
+    note = {"max_us": lat.max_us, "other_cores": lat.other_cores}
+    return [
+        Sample("latency_netns_p50_1KiB", lat.p50_us, "us", note),
+        Sample("latency_netns_p99_1KiB", lat.p99_us, "us", note),
+    ]
 
 
 async def throughput_group(target: Target, s: Settings, workdir: Path) -> list[Sample]:
@@ -108,26 +148,86 @@ async def throughput_group(target: Target, s: Settings, workdir: Path) -> list[S
 
 
 async def coldstart_group(target: Target, s: Settings, workdir: Path) -> list[Sample]:
-    times = await trio.to_thread.run_sync(cold_start_times, target.cold_start_argv(), s.cold_runs)
-    return [Sample("cold_start", statistics.median(times) * 1e3, "ms")]
+    return await lifecycle.coldstart(target, workdir, runs=s.cold_runs)
 
 
-async def rss_group(target: Target, s: Settings, workdir: Path) -> list[Sample]:
-    mem = await target.memory(workdir)
-    return [Sample("rss", mem.rss_kib / 1024, "MiB"), Sample("rss_peak", mem.hwm_kib / 1024, "MiB")]
+async def startup_group(target: Target, s: Settings, workdir: Path) -> list[Sample]:
+    return await lifecycle.startup(target, workdir, runs=s.startup_runs)
 
 
-GROUP_FUNCS: dict[str, Group] = {
-    "latency": latency_group,
-    "throughput": throughput_group,
-    "coldstart": coldstart_group,
-    "rss": rss_group,
+async def rss_idle_group(target: Target, s: Settings, workdir: Path) -> list[Sample]:
+    return await lifecycle.rss_idle(target, workdir)
+
+
+async def rss_flood_group(target: Target, s: Settings, workdir: Path) -> list[Sample]:
+    return await lifecycle.rss_flood(target, workdir, total=s.flood_messages)
+
+
+async def idlecpu_group(
+    targets: list[Target], s: Settings, workdir: Path
+) -> dict[str, list[Sample]]:
+    return await lifecycle.idle_cpu(targets, workdir, seconds=s.idle_seconds)
+
+
+async def discovery_group(
+    targets: list[Target], s: Settings, workdir: Path
+) -> dict[str, list[Sample]]:
+    """mDNS figures on a LAN of network namespaces (bench/discovery.py); acp only: the limit has
+    no discovery. The reference (ratio_to_probe) is RFC 6762's ~1.65 s of probing."""
+    if not any(t.name == "acp" for t in targets):
+        return {}
+    rows = await discovery.measure(s.discovery_rounds, s.quick_discovery, workdir)
+    samples = [
+        Sample(
+            row["figure"], row["value"], row["unit"], {k: float(v) for k, v in row["note"].items()}
+        )
+        for row in rows
+    ]
+    return {"acp": samples}
+
+
+@attrs.frozen
+class Part:
+    """One measurement in a group: per target (``run``) or all targets at once (``joint``)."""
+
+    label: str
+    run: Group | None = None
+    joint: JointGroup | None = None
+    rounds: Callable[[Settings], int] = lambda s: s.rounds  # measured in the first N rounds
+    twins: bool = True  # False: skip a TWINS target when its twin runs (the figures are equal)
+
+
+PARTS: dict[str, list[Part]] = {
+    "latency": [Part("latency", latency_group)],
+    "throughput": [Part("throughput", throughput_group)],
+    "netns": [Part("netns", netns_group)],
+    "coldstart": [Part("coldstart", coldstart_group, twins=False)],
+    "startup": [Part("startup", startup_group, twins=False)],
+    "rss": [
+        Part("rss", rss_idle_group, twins=False),
+        Part("rss-flood", rss_flood_group, rounds=lambda s: s.flood_rounds, twins=False),
+    ],
+    "idlecpu": [Part("idlecpu", joint=idlecpu_group, rounds=lambda s: s.idle_rounds, twins=False)],
+    "discovery": [Part("discovery", joint=discovery_group, rounds=lambda s: 1, twins=False)],
 }
 TARGETS: dict[str, Callable[[], Target]] = {
     "limit": LimitTarget,
     "limit-batch": lambda: LimitTarget(batch=True),
     "acp": AcpTarget,
 }
+# Targets from bench/README.md, for the goal column: (figure regex, "<=" | ">=" | "<",
+# bound, what the bound applies to: the ratio to the baseline, or the value itself).
+GOALS = [
+    (r"latency(_netns)?_p50_", "<=", 1.25, "ratio"),
+    (r"latency(_netns)?_p99_", "<=", 1.5, "ratio"),
+    (r"throughput_1KiB_", ">=", 1.0, "ratio"),
+    (r"rss_idle$", "<=", 1.15, "ratio"),
+    (r"coldstart_send$", "<=", 1.25, "ratio"),
+    (r"idle_cpu_10peers$", "<", 0.5, "value"),
+]
+# Figures that are differences near zero: a ratio of two of them means nothing, so the table
+# leaves it out (the JSON keeps the baseline); compare with the baseline's row above.
+NO_RATIO = re.compile(r"rss_growth_")
 
 
 def make_workdir(label: str) -> Path:
@@ -141,72 +241,140 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+T = TypeVar("T")
+
+
+async def attempt(
+    what: str, workdir: Path, measure: Callable[[], Awaitable[T]]
+) -> tuple[T | None, float]:
+    """Run one measurement; on failure log it (keeping ``workdir``'s logs) and return None.
+
+    One target failing must not lose the others' figures. Returns the seconds it took, too.
+    """
+    t0 = time.monotonic()
+    try:
+        got = await measure()
+    except Exception as exc:
+        if not isinstance(exc, (BenchError, trio.TooSlowError, OSError)):
+            traceback.print_exc()
+        log(f"{what}: FAILED: {exc!r} (logs: {workdir})")
+        return None, time.monotonic() - t0
+    shutil.rmtree(workdir, ignore_errors=True)
+    return got, time.monotonic() - t0
+
+
 async def run_all(
     targets: list[Target], groups: list[str], s: Settings
 ) -> tuple[dict[tuple[str, str], list[Sample]], int]:
     """Every group x target x round; the samples by (figure, target), and the failure count."""
     samples: dict[tuple[str, str], list[Sample]] = {}
     failures = 0
+    names = {t.name for t in targets}
+
+    def record(r: int, part: Part, target: Target, got: list[Sample], seconds: float) -> None:
+        log(
+            f"round {r + 1}/{s.rounds} {part.label:<10} {target.name:<11} {seconds:5.1f} s  "
+            + "  ".join(f"{x.figure}={x.value:.4g}" for x in got)
+        )
+        for x in got:
+            samples.setdefault((x.figure, target.name), []).append(x)
+
     for r in range(s.rounds):
         order = targets[r % len(targets) :] + targets[: r % len(targets)]
         for group in groups:
-            for target in order:
-                workdir = make_workdir(f"{target.name}-{group}")
-                t0 = time.monotonic()
-                try:
-                    got = await GROUP_FUNCS[group](target, s, workdir)
-                except Exception as exc:  # one target failing must not lose the others' figures
-                    failures += 1
-                    if not isinstance(exc, (BenchError, trio.TooSlowError, OSError)):
-                        traceback.print_exc()
-                    log(f"round {r + 1} {group} {target.name}: FAILED: {exc!r} (logs: {workdir})")
+            for part in PARTS[group]:
+                if r >= part.rounds(s):
                     continue
-                shutil.rmtree(workdir, ignore_errors=True)
-                log(
-                    f"round {r + 1}/{s.rounds} {group:<10} {target.name:<11} "
-                    f"{time.monotonic() - t0:5.1f} s  "
-                    + "  ".join(f"{x.figure}={x.value:.4g}" for x in got)
-                )
-                for x in got:
-                    samples.setdefault((x.figure, target.name), []).append(x)
+                here = [
+                    t
+                    for t in order
+                    if part.twins or TWINS.get(t.name, t.name) not in names - {t.name}
+                ]
+                if part.joint is not None:
+                    joint = part.joint
+                    workdir = make_workdir(part.label)
+                    got_all, seconds = await attempt(
+                        f"round {r + 1} {part.label}", workdir, partial(joint, here, s, workdir)
+                    )
+                    if got_all is None:
+                        failures += 1
+                        continue
+                    for target in here:
+                        record(r, part, target, got_all.get(target.name, []), seconds)
+                    continue
+                assert part.run is not None
+                run = part.run
+                for target in here:
+                    workdir = make_workdir(f"{target.name}-{part.label}")
+                    got, seconds = await attempt(
+                        f"round {r + 1} {part.label} {target.name}",
+                        workdir,
+                        partial(run, target, s, workdir),
+                    )
+                    if got is None:
+                        failures += 1
+                        continue
+                    record(r, part, target, got, seconds)
     return samples, failures
 
 
-def report(samples: dict[tuple[str, str], list[Sample]], baseline_name: str) -> None:
+def goal(figure: str, value: float, unit: str, ratio: float | None) -> str:
+    """The README's target for this figure, and whether this median meets it ("" if none)."""
+    for pattern, op, bound, of in GOALS:
+        if re.match(pattern, figure):
+            x = ratio if of == "ratio" else value
+            if x is None:
+                return ""
+            met = x <= bound if op == "<=" else x >= bound if op == ">=" else x < bound
+            return f"{op}{bound}{'x' if of == 'ratio' else unit} {'ok' if met else 'NO'}"
+    return ""
+
+
+def report(
+    samples: dict[tuple[str, str], list[Sample]], baseline_name: str, target_order: list[str]
+) -> None:
+    """The table (each figure's targets together, in ``target_order``), then JSON lines."""
     medians = {k: statistics.median(x.value for x in v) for k, v in samples.items()}
+    figures = list(dict.fromkeys(f for f, _ in samples))
     rows = []
     lines = []
-    for (figure, target), got in samples.items():
-        value = medians[(figure, target)]
-        baseline = medians.get((figure, baseline_name))
-        ratio = value / baseline if baseline else None
-        notes = {k: statistics.median(x.note[k] for x in got) for k in got[0].note}
-        values = [x.value for x in got]
-        rows.append(
-            (
-                figure,
-                target,
-                f"{value:.5g}",
-                got[0].unit,
-                "" if ratio is None else f"{ratio:.3f}",
-                f"{min(values):.4g}..{max(values):.4g}" if len(values) > 1 else "",
-                " ".join(f"{k}={v:.3g}" for k, v in notes.items()),
+    for figure in figures:
+        for target in target_order:
+            got = samples.get((figure, target))
+            if not got:
+                continue
+            value = medians[(figure, target)]
+            baseline = medians.get((figure, baseline_name))
+            ratio = value / baseline if baseline and not NO_RATIO.match(figure) else None
+            notes = {k: statistics.median(x.note[k] for x in got) for k in got[0].note}
+            values = [x.value for x in got]
+            rows.append(
+                (
+                    figure,
+                    target,
+                    f"{value:.5g}",
+                    got[0].unit,
+                    "" if ratio is None else f"{ratio:.3f}",
+                    "" if target == baseline_name else goal(figure, value, got[0].unit, ratio),
+                    f"{min(values):.4g}..{max(values):.4g}" if len(values) > 1 else "",
+                    " ".join(f"{k}={v:.3g}" for k, v in notes.items()),
+                )
             )
-        )
-        lines.append(
-            json.dumps(
-                {
-                    "figure": figure,
-                    "target": target,
-                    "value": round(value, 3),
-                    "unit": got[0].unit,
-                    "baseline": None if baseline is None else round(baseline, 3),
-                    "ratio": None if ratio is None else round(ratio, 4),
-                    "rounds": [round(v, 3) for v in values],
-                }
+            lines.append(
+                json.dumps(
+                    {
+                        "figure": figure,
+                        "target": target,
+                        "value": round(value, 3),
+                        "unit": got[0].unit,
+                        "baseline": None if baseline is None else round(baseline, 3),
+                        "ratio": None if ratio is None else round(ratio, 4),
+                        "rounds": [round(v, 3) for v in values],
+                        "notes": {k: round(v, 3) for k, v in notes.items()},
+                    }
+                )
             )
-        )
-    header = ("figure", "target", "median", "unit", "ratio", "min..max", "notes (medians)")
+    header = ("figure", "target", "median", "unit", "ratio", "goal", "min..max", "notes (medians)")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -220,6 +388,7 @@ class Args:
     targets: list[str]
     explicit: bool  # --targets given: a target that cannot run is an error, not a skip
     groups: list[str]
+    explicit_groups: bool  # --only given: a group that cannot run is an error, not a skip
     baseline: str
     settings: Settings
 
@@ -238,13 +407,25 @@ def parse_args(argv: list[str] | None) -> Args:
     p.add_argument("--quick", action="store_true", help="one short round: a smoke run")
     p.add_argument("--duration", type=float, default=None, help="seconds per throughput figure")
     p.add_argument("--latency-count", type=int, default=None, help="envelopes per latency figure")
+    p.add_argument("--flood-messages", type=int, default=None, help="envelopes of the rss flood")
+    p.add_argument("--flood-rounds", type=int, default=None, help="rounds that run the rss flood")
+    p.add_argument("--idle-seconds", type=float, default=None, help="the idle CPU window")
+    p.add_argument("--idle-rounds", type=int, default=None, help="rounds that measure idle CPU")
     a = p.parse_args(argv)
     groups = [g for g in a.only.split(",") if g]
     for g in groups:
         if g not in GROUPS:
             p.error(f"unknown group {g!r}; known: {', '.join(GROUPS)}")
     s = QUICK if a.quick else Settings()
-    changes = {"rounds": a.rounds, "duration": a.duration, "latency_count": a.latency_count}
+    changes = {
+        "rounds": a.rounds,
+        "duration": a.duration,
+        "latency_count": a.latency_count,
+        "flood_messages": a.flood_messages,
+        "flood_rounds": a.flood_rounds,
+        "idle_seconds": a.idle_seconds,
+        "idle_rounds": a.idle_rounds,
+    }
     s = attrs.evolve(s, **{k: v for k, v in changes.items() if v is not None})
     if s.rounds < 1:
         p.error("--rounds must be at least 1")
@@ -252,7 +433,9 @@ def parse_args(argv: list[str] | None) -> Args:
     for n in names:
         if n not in TARGETS:
             p.error(f"unknown target {n!r}; known: {', '.join(TARGETS)}")
-    return Args(names, a.targets is not None, groups, a.baseline, s)
+    return Args(
+        names, a.targets is not None, groups, a.only != p.get_default("only"), a.baseline, s
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,9 +456,20 @@ def main(argv: list[str] | None = None) -> int:
     if not targets:
         log("no target can run")
         return 2
+    groups = args.groups
+    if "netns" in groups:
+        for name in veth.sweep():
+            log(f"deleted network namespace {name}, left by a run that was killed")
+        why = veth.unavailable()
+        if why is not None:
+            if args.explicit_groups:
+                log(f"group netns: {why}")
+                return 2
+            log(f"skipping group netns: {why}")
+            groups = [g for g in groups if g != "netns"]
     t0 = time.monotonic()
-    samples, failures = trio.run(run_all, targets, args.groups, args.settings)
-    report(samples, args.baseline)
+    samples, failures = trio.run(run_all, targets, groups, args.settings)
+    report(samples, args.baseline, [t.name for t in targets])
     log(f"done in {time.monotonic() - t0:.0f} s, {failures} failure(s)")
     return 1 if failures else 0
 
