@@ -50,6 +50,8 @@ RESOLVE_TIMEOUT_MS = 1500
 GOODBYE_GRACE = 2.0
 RESTART_BACKOFF_CAP = 60.0
 DIAL_REQUERY_GAP = 5.0  # seconds between re-queries caused by failed dials
+MAX_NAMES = 4096  # mDNS instance names remembered
+MAX_WARNINGS = 10  # warnings kept for `acp status`
 
 
 @attrs.frozen
@@ -263,7 +265,9 @@ class Discovery:
                     nursery.start_soon(self._watch_sessions)
                     node.on_dial_failed = self._dial_failed
             finally:
-                await trio.to_thread.run_sync(browser.cancel)
+                # shielded: when we are being cancelled, to_thread would return without running it
+                with trio.CancelScope(shield=True), trio.move_on_after(GOODBYE_GRACE):
+                    await trio.to_thread.run_sync(browser.cancel, abandon_on_cancel=True)
         finally:
             node.on_dial_failed = None
             node.mdns_state = "stopped"
@@ -297,12 +301,19 @@ class Discovery:
             self.node.stats.inc("mdns_bad_records")
             return
         node = self.node
+        if len(self.names) >= MAX_NAMES and ann.name not in self.names:
+            # hostile or huge LANs: forget the oldest instance names rather than grow for ever
+            for old in list(self.names)[: MAX_NAMES // 4]:
+                del self.names[old]
+                self.record_times.pop(old, None)
         self.names[ann.name] = ann.agent_id
         if ann.agent_id == node.agent_id:
             if (
                 ann.pubkey != node.identity.public_key
                 and (ann.name, ann.pubkey) not in self.conflicts
             ):
+                if len(self.conflicts) >= MAX_NAMES:
+                    self.conflicts.clear()
                 self.conflicts.add((ann.name, ann.pubkey))
                 self._warn(
                     f"another daemon at {', '.join(ann.addresses) or '?'} advertises our agent_id "
@@ -316,8 +327,10 @@ class Discovery:
 
     def _warn(self, message: str) -> None:
         log.warning("mDNS: %s", message)
-        if message not in self.node.warnings:
-            self.node.warnings.append(message)
+        warnings = self.node.warnings
+        if message not in warnings:
+            warnings.append(message)
+            del warnings[:-MAX_WARNINGS]  # the latest few, for `acp status`
 
     async def _query_loop(self) -> None:
         """Every QUERY_INTERVAL (or when asked): query, then sync the peer table from the cache."""
@@ -332,7 +345,11 @@ class Discovery:
             await trio.sleep(
                 ANSWER_WAIT
             )  # responders wait 20-120 ms (RFC 6762 §6) before answering
-            found = await trio.to_thread.run_sync(_scan_cache, zc)
+            try:
+                found = await trio.to_thread.run_sync(_scan_cache, zc)
+            except RuntimeError:  # zeroconf changed its cache under our read: next time
+                self.node.stats.inc("mdns_scan_retries")
+                found = []
             for info, created in found:
                 # a record newer than the last one we saw: the peer answered our query
                 fresh = created > self.record_times.get(info.name, created)

@@ -27,14 +27,16 @@ import trio
 from acp import __version__
 from acp.errors import AlreadyRunning, ConfigError, EnvelopeError, IpcError
 from acp.model import check_agent_id, decode_key, encode_key
-from acp.net.node import Node, Ticket
+from acp.net.node import EXCLUSIVE, Node, Ticket
 from acp.net.peer import Peer
 from acp.proto import envelope as envelope_mod
 from acp.proto import ipc
 
 log = logging.getLogger(__name__)
 
-MAX_BACKLOG = 10_000  # lines queued for one client before it counts as too slow
+MAX_BACKLOG = 10_000  # live pushes queued for one subscriber before it counts as too slow
+MAX_BACKLOG_BYTES = 64 << 20  # ... or this many bytes of them
+WRITE_BATCH = 256 * 1024  # bytes per send_all to a client
 MAX_CLIENTS = 256
 RECV_SIZE = 64 * 1024  # per receive_some: one allocation each, kept under malloc's mmap threshold
 
@@ -42,39 +44,62 @@ RECV_SIZE = 64 * 1024  # per receive_some: one allocation each, kept under mallo
 @attrs.define(eq=False)
 class IpcConn:
     stream: trio.SocketStream
-    out: deque[tuple[bool, bytes]] = attrs.field(factory=deque)  # (is an inbound push, line)
+    # (push sequence number, or None for a reply or an event; EXCLUSIVE for an inbox line), line
+    out: deque[tuple[int | None, bytes]] = attrs.field(factory=deque)
     wake: trio.Event = attrs.field(factory=trio.Event)
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     subscribed: bool = False
-    remaining: int | None = None  # pushes still wanted, for subscribe with a count
-    drained: trio.Event | None = None  # set by the writer when ``out`` empties (flush)
     closed: bool = False
     overflowed: bool = False
+    remaining: int | None = None  # pushes still wanted, for subscribe with a count
+    since_seq: int = 0  # the first live push this subscriber got
+    drained: trio.Event | None = None  # set by the writer when ``out`` empties (flush)
+    eof: bool = False  # the client closed its side
+    writing: bool = False  # inside send_all: the stream is mid-line if that is cancelled
+    live_lines: int = 0  # live pushes queued, which is what a slow subscriber is judged by
+    live_bytes: int = 0
 
     def send(self, obj: dict[str, Any]) -> None:
-        self._queue(False, ipc.encode(obj))
+        self._queue(None, ipc.encode(obj))
 
-    def push_inbound(self, line: bytes) -> None:
-        self._queue(True, line)
+    def push_inbound(self, line: bytes, seq: int) -> None:
+        self._queue(seq, line)
 
-    def _queue(self, inbound: bool, line: bytes) -> None:
+    def _queue(self, seq: int | None, line: bytes) -> None:
         if self.closed:
             return
-        self.out.append((inbound, line))
+        self.out.append((seq, line))
         self.wake.set()
-        if len(self.out) > MAX_BACKLOG and not self.overflowed:
-            self.overflowed = True
-            self.scope.cancel()
+        if seq is not None and seq != EXCLUSIVE:
+            # The inbox handed over at subscribe does not count: only what arrives while the
+            # client does not read. Bounded in lines and in bytes (64 KiB envelopes add up).
+            self.live_lines += 1
+            self.live_bytes += len(line)
+            if (
+                self.live_lines > MAX_BACKLOG or self.live_bytes > MAX_BACKLOG_BYTES
+            ) and not self.overflowed:
+                self.overflowed = True
+                self.scope.cancel()
 
     async def writer(self) -> None:
         out = self.out
         while True:
             if out:
-                lines = [line for _, line in out]
-                n = len(lines)
-                await self.stream.send_all(b"".join(lines))
-                for _ in range(n):
-                    out.popleft()
+                batch = []
+                size = 0
+                for _, line in out:
+                    batch.append(line)
+                    size += len(line)
+                    if size >= WRITE_BATCH:
+                        break
+                self.writing = True
+                await self.stream.send_all(b"".join(batch) if len(batch) > 1 else batch[0])
+                self.writing = False
+                for _ in range(len(batch)):
+                    seq, line = out.popleft()
+                    if seq is not None and seq != EXCLUSIVE:
+                        self.live_lines -= 1
+                        self.live_bytes -= len(line)
                 if not out and self.drained is not None:
                     self.drained.set()
             else:
@@ -199,11 +224,14 @@ class IpcServer:
         finally:
             conn.closed = True
             node.conns.discard(conn)
-            unsent = [line for inbound, line in conn.out if inbound]
+            # What was not (entirely) written goes back: a line cut off mid-write is sent again
+            # to the next subscriber rather than lost.
+            unsent = [(seq, line) for seq, line in conn.out if seq is not None]
             node.unsubscribe(conn, unsent)
             if conn.overflowed:
                 node.stats.inc("ipc_slow_clients")
                 log.warning("IPC subscriber too slow (%d lines behind): disconnected", MAX_BACKLOG)
+            if conn.overflowed and not conn.writing:  # mid-line, an event would corrupt the stream
                 with trio.CancelScope(shield=True), trio.move_on_after(0.2):
                     try:
                         await stream.send_all(
@@ -211,7 +239,8 @@ class IpcServer:
                                 {
                                     "event": "disconnected",
                                     "reason": "too_slow",
-                                    "message": f"more than {MAX_BACKLOG} lines unread; unread envelopes went back to the inbox",
+                                    "message": f"more than {MAX_BACKLOG} envelopes (or {MAX_BACKLOG_BYTES >> 20} MiB) "
+                                    "unread; unread envelopes went back to the inbox",
                                 }
                             )
                         )
@@ -225,6 +254,7 @@ class IpcServer:
         while True:
             data = await conn.stream.receive_some(RECV_SIZE)
             if not data:
+                conn.eof = True  # a response it waits for now goes to subscribers or the inbox
                 if conn.subscribed:
                     conn.scope.cancel()
                 return
@@ -298,6 +328,7 @@ class IpcServer:
             with trio.move_on_after(timeout):
                 await ticket.done.wait()
         finally:
+            ticket.waiting = False
             if node.response_waiters.get(ticket.msg_id) is ticket:
                 del node.response_waiters[ticket.msg_id]
         result = ticket.result or {}

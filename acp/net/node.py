@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECENT_INBOUND = 10_000  # inbound envelope ids remembered for `acp reply`
+EXCLUSIVE = -1  # the push sequence number of an inbox line handed to one subscriber only
 REDIAL_GAP = 5.0  # seconds between redials that fresh mDNS answers may cause for one peer
 
 
@@ -52,9 +53,12 @@ class Ticket:
     result: dict[str, Any] | None = None  # {"acked": True} | {"error": code, "message": ...}
     response: bytes | None = None  # the inbound response line, for wait=response
 
+    waiting: bool = False  # a client is waiting on ``done`` right now
+
     def __attrs_post_init__(self) -> None:
         if self.wait != "accepted":
             self.done = trio.Event()
+            self.waiting = True
 
     def resolve(self, result: dict[str, Any]) -> None:
         if self.result is None:
@@ -76,6 +80,7 @@ class Node:
         self.subscribers: list[IpcConn] = []
         self.conns: set[IpcConn] = set()
         self.response_waiters: dict[str, Ticket] = {}
+        self.push_seq = 0  # numbers live pushes, so a leaving subscriber's unsent ones are known
         self.recent_inbound: OrderedDict[str, str] = OrderedDict()
         self.started_wall = time.time()
         self.started = trio.current_time()
@@ -250,6 +255,13 @@ class Node:
         """Queue an envelope for its peer; return ``sending`` or ``queued``."""
         peer = self.peers.get(env.to)
         if peer is None:
+            rec = self.store.get(env.to)
+            if rec is not None and rec.pubkey is not None:
+                # pinned in peers.json but dropped from the table (goodbye, stale): still known
+                peer = self.add_peer(
+                    Peer(env.to, pubkey=rec.pubkey, host=rec.host, port=rec.port, source="cache")
+                )
+        if peer is None:
             raise IpcError(
                 ipc.UNKNOWN_PEER,
                 f"no peer {env.to!r} is known: not discovered, not in config.toml [[peers]], "
@@ -289,7 +301,7 @@ class Node:
                 {"error": "undelivered", "message": f"{to} did not take {entry.id}: {reason}"}
             )
             self.response_waiters.pop(entry.id, None)
-            if ticket.conn is not None and not ticket.conn.closed and ticket.wait == "accepted":
+            if ticket.conn is not None and not ticket.conn.closed and not ticket.waiting:
                 ticket.conn.send(event)
                 told.add(id(ticket.conn))
         for conn in self.subscribers:
@@ -317,6 +329,9 @@ class Node:
         line = b'{"inbound":true,"envelope":' + body + b"}\n"
         if env.kind == "response" and env.reply_to is not None:
             ticket = self.response_waiters.get(env.reply_to)
+            if ticket is not None and ticket.conn is not None and ticket.conn.eof:
+                del self.response_waiters[env.reply_to]  # its client left: deliver it normally
+                ticket = None
             if ticket is not None and ticket.to == env.from_:
                 del self.response_waiters[env.reply_to]
                 ticket.response = line
@@ -326,8 +341,9 @@ class Node:
                 self.stats.inc("messages_delivered")
                 return None
         if self.subscribers:
+            self.push_seq += 1
             for conn in list(self.subscribers):
-                conn.push_inbound(line)
+                conn.push_inbound(line, self.push_seq)
                 if conn.remaining is not None:
                     conn.remaining -= 1
                     if conn.remaining <= 0:  # it asked for no more
@@ -349,22 +365,28 @@ class Node:
         if conn in self.subscribers:
             return
         conn.remaining = count
+        conn.since_seq = self.push_seq + 1  # live pushes from here on reach it
         lines = self.inbox.take_all() if count is None else self.inbox.take(count)
         for line in lines:
-            conn.push_inbound(line)
+            conn.push_inbound(line, EXCLUSIVE)
         if count is not None:
             conn.remaining = count - len(lines)
             if conn.remaining <= 0:
                 return
         self.subscribers.append(conn)
 
-    def unsubscribe(self, conn: IpcConn, unsent: Iterable[bytes] = ()) -> None:
-        """Forget a subscriber; lines it never received go back to the inbox if nobody else has them."""
+    def unsubscribe(self, conn: IpcConn, unsent: Iterable[tuple[int, bytes]] = ()) -> None:
+        """Forget a subscriber. Pushes it never received go back to the inbox (they were ACKed
+        already) unless every remaining subscriber got them too: a live push ``seq`` reached the
+        subscribers whose ``since_seq <= seq``; an inbox line (EXCLUSIVE) reached only this one."""
         if conn in self.subscribers:
             self.subscribers.remove(conn)
-        unsent = list(unsent)
-        if unsent and not self.subscribers:
-            self.inbox.put_back(unsent)
-        elif unsent:
-            # the other subscribers received them already
-            self.stats.inc("pushes_dropped_slow_client", len(unsent))
+        covered_below = min((c.since_seq for c in self.subscribers), default=None)
+        back = [
+            line
+            for seq, line in unsent
+            if seq == EXCLUSIVE or covered_below is None or seq < covered_below
+        ]
+        if back:
+            self.inbox.put_back(back)
+            self.stats.inc("pushes_returned_to_inbox", len(back))

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 RECV_SIZE = 64 * 1024  # per receive_some: one allocation each, kept under malloc's mmap threshold
 BATCH_BYTES = 256 * 1024  # envelopes gathered into one send_all at most
 BYE_GRACE = 0.5  # seconds for a best-effort BYE on close
+CONTROL_LIMIT = 8192  # ACK/PONG frames owed to a peer before its session is closed
 TCP_KEEPALIVE = 30  # seconds (SPEC §4)
 
 # Peer states shown by `acp peers`.
@@ -108,8 +109,15 @@ class Session:
         return self.peer.active is self
 
     def queue_control(self, plaintext: bytes) -> None:
+        if len(self.control) >= CONTROL_LIMIT:
+            # A peer that sends but never reads would grow this for ever (ACKs and PONGs owed).
+            raise ProtocolError(f"peer does not read: {CONTROL_LIMIT} ACK/PONG frames owed")
         self.control.append(plaintext)
         self.wake.set()
+
+    def _still_known(self) -> bool:
+        """False if the peer was forgotten (or dropped) while this session was being set up."""
+        return self.node.peers.get(self.peer.agent_id) is self.peer
 
     def send_ping(self, now: float) -> None:
         """Queue a PING; its PONG gives the RTT shown by `acp peers`."""
@@ -136,7 +144,7 @@ class Session:
                     if self.outbound:
                         # the responder counts the session confirmed at our first frame: send it now
                         self.send_ping(trio.current_time())
-                        if not peer.offer(self):
+                        if not self._still_known() or not peer.offer(self):
                             self.bye_reason = "duplicate session"
                             raise SessionEnded("duplicate session: keeping the other one")
                     async with trio.open_nursery() as nursery:
@@ -231,6 +239,9 @@ class Session:
         frame = frames.decode(plaintext)
         if not self.confirmed:
             self.confirmed = True  # first transport frame decrypted: the initiator holds the keys
+            if not self._still_known():
+                self.bye_reason = "forgotten"
+                raise SessionEnded("the peer was forgotten during the handshake")
             if not self.peer.offer(self):
                 self.bye_reason = "duplicate session"
                 raise SessionEnded("duplicate session: keeping the other one")

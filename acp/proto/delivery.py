@@ -146,6 +146,14 @@ class Outbox:
             if self._inflight.pop(entry.seq, None) is None:
                 self._dead.add(entry.seq)
         self._count -= len(gone)
+        if len(self._dead) > max(64, self._count):
+            # A peer that stays away: drop the expired entries (and their bytes) from the queues
+            # now rather than when a session would pop them.
+            dead = self._dead
+            for name in ("_resend", "_urgent", "_normal"):
+                queue: deque[OutboxEntry] = getattr(self, name)
+                setattr(self, name, deque(e for e in queue if e.seq not in dead))
+            dead.clear()
         gone.sort(key=lambda e: e.seq)
         return gone
 

@@ -157,11 +157,14 @@ class FakeConn:
         self.sent: list[dict[str, Any]] = []
         self.inbound: list[dict[str, Any]] = []
         self.closed = False
+        self.since_seq = 0
+        self.remaining: int | None = None
+        self.eof = False
 
     def send(self, obj: dict[str, Any]) -> None:
         self.sent.append(obj)
 
-    def push_inbound(self, line: bytes) -> None:
+    def push_inbound(self, line: bytes, seq: int = 0) -> None:
         assert line.endswith(b"\n") and line.count(b"\n") == 1
         self.inbound.append(json.loads(line))
 
