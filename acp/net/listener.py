@@ -20,6 +20,7 @@ from acp.proto import handshake as hs
 log = logging.getLogger(__name__)
 
 MAX_PENDING_HANDSHAKES = 64  # connections in the handshake at once; more are closed at once
+MAX_PENDING_PER_HOST = 8  # ... from one address, so one host cannot take every slot
 
 
 async def open_listeners(hosts: tuple[str, ...], port: int) -> list[trio.SocketListener]:
@@ -57,12 +58,19 @@ async def serve(
 
 async def _handle(node: Node, limiter: trio.CapacityLimiter, stream: trio.SocketStream) -> None:
     """One accepted connection, for its whole life. Never raises."""
+    host = _peer(stream).rpartition(":")[0]
+    pending = node.handshakes_by_host
+    if pending.get(host, 0) >= MAX_PENDING_PER_HOST:
+        node.stats.inc("handshakes_refused.busy")
+        await stream.aclose()
+        return
     try:
         limiter.acquire_nowait()
     except trio.WouldBlock:
         node.stats.inc("handshakes_refused.busy")
         await stream.aclose()
         return
+    pending[host] = pending.get(host, 0) + 1
     session = None
     try:
         try:
@@ -70,6 +78,9 @@ async def _handle(node: Node, limiter: trio.CapacityLimiter, stream: trio.Socket
                 session = await handshake.answer(node, stream)
         finally:
             limiter.release()
+            pending[host] -= 1
+            if not pending[host]:
+                del pending[host]
     except trio.TooSlowError:
         node.stats.inc("handshakes_refused.timeout")
         log.info(
@@ -106,5 +117,5 @@ def _peer(stream: trio.SocketStream) -> str:
     try:
         addr = stream.socket.getpeername()
         return f"{addr[0]}:{addr[1]}"
-    except OSError:
-        return "?"
+    except (OSError, AttributeError):
+        return "?:?"

@@ -80,6 +80,7 @@ class Node:
         self.subscribers: list[IpcConn] = []
         self.conns: set[IpcConn] = set()
         self.response_waiters: dict[str, Ticket] = {}
+        self.handshakes_by_host: dict[str, int] = {}  # incoming handshakes in progress, by address
         self.push_seq = 0  # numbers live pushes, so a leaving subscriber's unsent ones are known
         self.recent_inbound: OrderedDict[str, str] = OrderedDict()
         self.started_wall = time.time()

@@ -254,3 +254,26 @@ async def test_initiator_refuses_a_responder_with_another_agent_id(
         await handshake.dial(alpha, peer, *ADDR["beta"])
     assert refused.value.reason == hs.WRONG_PEER
     assert json.loads(alpha.store.path.read_text())["peers"]["beta"]["ts_sent"] > 0
+
+
+async def test_one_address_cannot_take_every_handshake_slot(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    from acp.net.listener import MAX_PENDING_PER_HOST
+
+    beta = make_node(tmp_path, "beta")
+    limiter = trio.CapacityLimiter(64)
+    links = [
+        Link(("198.51.100.9", 40000 + i), ADDR["beta"]) for i in range(MAX_PENDING_PER_HOST + 1)
+    ]
+    for link in links:  # silent clients: each holds a slot until the 5 s deadline
+        nursery.start_soon(listener._handle, beta, limiter, link.server)
+    await trio.testing.wait_all_tasks_blocked()
+    assert beta.stats["handshakes_refused.busy"] == 1
+    assert beta.handshakes_by_host == {"198.51.100.9": MAX_PENDING_PER_HOST}
+    other = Link(("198.51.100.10", 40000), ADDR["beta"])  # another host still gets in line
+    nursery.start_soon(listener._handle, beta, limiter, other.server)
+    await trio.testing.wait_all_tasks_blocked()
+    assert beta.stats["handshakes_refused.busy"] == 1
+    await trio.sleep(6)
+    assert beta.handshakes_by_host == {} and beta.stats["handshakes_refused.timeout"] == 9

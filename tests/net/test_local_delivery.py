@@ -29,7 +29,9 @@ def lines_of(conn: FakeConn) -> list[str]:
     return conn.inbound_ids()
 
 
-async def test_a_leaving_subscriber_returns_what_a_later_subscriber_never_got(tmp_path: Path) -> None:
+async def test_a_leaving_subscriber_returns_what_a_later_subscriber_never_got(
+    tmp_path: Path,
+) -> None:
     node = make_node(tmp_path, "alpha")
     beta = node.add_peer(Peer("beta", pubkey=os.urandom(32)))
     s1 = FakeConn()
@@ -45,7 +47,9 @@ async def test_a_leaving_subscriber_returns_what_a_later_subscriber_never_got(tm
     assert node.inbox.take_all() == [b"m0\n", b"m1\n", b"m2\n"]  # not m3: s2 has it
 
 
-async def test_inbox_lines_handed_to_one_subscriber_go_back_even_with_others(tmp_path: Path) -> None:
+async def test_inbox_lines_handed_to_one_subscriber_go_back_even_with_others(
+    tmp_path: Path,
+) -> None:
     node = make_node(tmp_path, "alpha")
     other = FakeConn()
     node.subscribe(other)
@@ -84,7 +88,10 @@ async def test_sending_to_a_pinned_peer_that_left_the_table_queues(tmp_path: Pat
     node = make_node(tmp_path, "alpha")
     node.store.pin("beta", os.urandom(32))
     env, wire = envelope_mod.complete(
-        {"kind": "notify", "payload": {"topic": "t", "data": 1}}, own_id="alpha", to="beta", now_ms=1
+        {"kind": "notify", "payload": {"topic": "t", "data": 1}},
+        own_id="alpha",
+        to="beta",
+        now_ms=1,
     )
     assert node.route(env, wire, Ticket(None, env.id, "beta")) == "queued"
     assert node.peers["beta"].source == "cache" and len(node.peers["beta"].outbox) == 1
