@@ -387,6 +387,12 @@ class IpcServer:
         envelope_mod.complete(
             obj, own_id=node.agent_id, to=connected[0] if connected else "x", now_ms=now_ms
         )
+        full = [a for a in connected if len(node.peers[a].outbox) >= node.peers[a].outbox.limit]
+        if full:  # all or nothing: a half-sent broadcast would be hard to retry
+            node.stats.inc("outbox_full")
+            raise IpcError(
+                "outbox_full", f"outbox full for {', '.join(full)}: nothing sent; try again later"
+            )
         for agent_id in connected:
             env, wire = envelope_mod.complete(obj, own_id=node.agent_id, to=agent_id, now_ms=now_ms)
             node.route(env, wire, Ticket(conn, env.id, agent_id))

@@ -165,7 +165,7 @@ class Session:
                 reason = self.end_reason
         finally:
             if not reason and not self.end_reason:  # cancelled from outside: the daemon stops
-                self.bye_reason = "shutting down"
+                self.bye_reason = reason = "shutting down"
             self.end_reason = self.end_reason or reason or "closed"
             peer.session_ended(self)
             with trio.CancelScope(shield=True), trio.move_on_after(BYE_GRACE):
