@@ -528,8 +528,22 @@ def daemon(
     if not debug:
         logging.getLogger("zeroconf").setLevel(logging.WARNING)
     config = Config.load(agent_id=agent_id, port=port, mdns=None if mdns else False)
-    trio.run(run_daemon, config)
+    try:
+        trio.run(run_daemon, config)
+    except BaseExceptionGroup as group:
+        error = lone_acp_error(group)
+        if error is None:
+            raise
+        raise error from None
     return EXIT_OK
+
+
+def lone_acp_error(group: BaseExceptionGroup[BaseException]) -> AcpError | None:
+    """The AcpError a nursery wrapped (alone, however deep), so the user gets its message."""
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+        leaf = leaf.exceptions[0]
+    return leaf if isinstance(leaf, AcpError) else None
 
 
 def _journald() -> bool:
@@ -553,8 +567,6 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_INTERRUPTED
     except BrokenPipeError:
         code = EXIT_OK
-    except SystemExit as exc:
-        raise exc
     if not isinstance(code, int):
         code = EXIT_OK if code is None else EXIT_USAGE
     if argv is None:

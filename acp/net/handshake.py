@@ -64,7 +64,6 @@ async def dial(node: Node, peer: Peer, host: str, port: int) -> Session:
         decoder=decoder,
         initiator_id=node.agent_id,
         outbound=True,
-        remote_addr=(host, port),
     )
 
 
@@ -127,7 +126,6 @@ async def answer(node: Node, stream: trio.abc.Stream) -> Session:
         decoder=decoder,
         initiator_id=hello.agent_id,
         outbound=False,
-        remote_addr=(host, hello.port or 0) if host else None,
     )
 
 

@@ -175,6 +175,16 @@ def _peer_uid(stream: trio.SocketStream) -> int | None:
     return int(uid)
 
 
+async def _refuse(stream: trio.SocketStream, code: str, message: str) -> None:
+    """Tell a client why it is turned away (best effort), then close."""
+    with trio.move_on_after(0.5):
+        try:
+            await stream.send_all(ipc.encode(ipc.error_reply(code, message)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+    await stream.aclose()
+
+
 class IpcServer:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -194,20 +204,10 @@ class IpcServer:
         if uid is not None and uid != self.uid:
             node.stats.inc("ipc_refused_uid")
             log.warning("IPC connection from uid %s refused (daemon runs as uid %s)", uid, self.uid)
-            with trio.move_on_after(0.5):
-                await stream.send_all(
-                    ipc.encode(
-                        ipc.error_reply("forbidden", "only the daemon's own user may connect")
-                    )
-                )
-            await stream.aclose()
+            await _refuse(stream, "forbidden", "only the daemon's own user may connect")
             return
         if len(node.conns) >= MAX_CLIENTS:
-            with trio.move_on_after(0.5):
-                await stream.send_all(
-                    ipc.encode(ipc.error_reply("busy", f"{MAX_CLIENTS} clients connected already"))
-                )
-            await stream.aclose()
+            await _refuse(stream, "busy", f"{MAX_CLIENTS} clients connected already")
             return
         conn = IpcConn(stream)
         node.conns.add(conn)

@@ -88,7 +88,6 @@ class Node:
         self.port: int | None = None
         self.mdns_state = "off"  # off | starting | running | failed: ... (see discovery.py)
         self.warnings: list[str] = []  # shown by `acp status` (e.g. our agent_id claimed elsewhere)
-        self.peers_changed = trio.Event()
         self.sessions_changed = trio.Event()
         self.on_peer_added: Any = None  # set by the peer manager: starts a supervisor
         self.on_dial_failed: Any = None  # set by discovery: a failed dial asks mDNS again
@@ -105,7 +104,6 @@ class Node:
         peer.notify = self._sessions_changed
         if self.on_peer_added is not None:
             self.on_peer_added(peer)
-        self._peers_changed()
         return peer
 
     def remove_peer(self, agent_id: str, reason: str) -> Peer | None:
@@ -117,10 +115,10 @@ class Node:
             peer.scope.cancel()
         for entry in peer.outbox.drain():
             self.undelivered(entry, agent_id, reason)
-        self._peers_changed()
         return peer
 
     def _sessions_changed(self) -> None:
+        # Replace the Event only once it is set: swapping an unset one orphans its waiter.
         self.sessions_changed.set()
         self.sessions_changed = trio.Event()
 
@@ -243,12 +241,6 @@ class Node:
                 )
                 self.stats.inc("peers_stale")
                 self.remove_peer(peer.agent_id, "stale")
-
-    def _peers_changed(self) -> None:
-        self.peers_changed.set()
-        self.peers_changed = trio.Event()
-        # (sessions_changed is replaced only once set: swapping an unset Event orphaned its
-        # waiter, and discovery's "query at once when a session is lost" never fired again)
 
     # -- sending -----------------------------------------------------------------------------------
 

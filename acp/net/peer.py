@@ -88,7 +88,6 @@ class Session:
     decoder: FrameDecoder
     initiator_id: str
     outbound: bool
-    remote_addr: tuple[str, int] | None = None
     confirmed: bool = False
     control: deque[bytes] = attrs.field(factory=deque)
     wake: trio.Event = attrs.field(factory=trio.Event)
@@ -298,13 +297,12 @@ class Peer:
     learned_at: float = 0.0  # trio clock
     next_try: float | None = None  # trio clock
     rtt: float | None = None
-    connected_since: float | None = None  # wall clock
     scope: trio.CancelScope | None = None  # the supervisor's
     kick: trio.Event = attrs.field(factory=trio.Event)
     changed: trio.Event = attrs.field(factory=trio.Event)
     boot: str | None = None  # the per-boot TXT value last announced
-    said_goodbye: bool = False
-    last_poke: float = -1e9  # trio clock  # mDNS goodbye received since the last announcement
+    said_goodbye: bool = False  # mDNS goodbye received since the last announcement
+    last_poke: float = -1e9  # trio clock
     notify: Callable[[], None] | None = None  # the node's "sessions changed"
 
     def poke(self) -> None:
@@ -346,7 +344,6 @@ class Peer:
         self.outbox.session_lost()  # anything in flight on the old session is resent here
         self.state = CONNECTED
         self.last_error = None
-        self.connected_since = time.time()
         self.last_seen = time.time()
         session.wake.set()
         self.poke()
@@ -364,7 +361,6 @@ class Peer:
         if self.active is session:
             self.active = None
             self.outbox.session_lost()
-            self.connected_since = None
             self.last_seen = time.time()
             if self.state == CONNECTED:
                 self.state = DISCOVERED
