@@ -248,15 +248,27 @@ def reply(
 
 
 @app.command
-def listen(*, count: int | None = None, events: bool = False) -> int:
-    """Print inbound envelopes as JSON lines, oldest first, starting with what waited in the inbox.
+def listen(
+    *,
+    count: int | None = None,
+    events: bool = False,
+    since: int | None = None,
+    peek: bool = False,
+    reconnect: bool = False,
+) -> int:
+    """Print inbound envelopes as JSON lines, oldest first, starting with the unread ones.
 
-    Runs until interrupted (or --count envelopes). Every line is one envelope object.
+    Runs until interrupted (or --count envelopes). Every line is one envelope object. Each envelope
+    is marked read once its line is printed and flushed, so one that a crashed reader never got
+    stays unread and comes again (--peek leaves them all unread). `acp inbox --json` shows each
+    envelope's seq, to resume after with --since.
 
     Examples:
 
         acp listen
         acp listen --count 1 | jq -r .payload.question
+        acp listen --since 41 --peek
+        acp listen --reconnect | while read -r env; do handle "$env"; done
 
     Parameters
     ----------
@@ -264,11 +276,186 @@ def listen(*, count: int | None = None, events: bool = False) -> int:
         Exit after this many envelopes.
     events
         Also print daemon events such as {"event": "undelivered", ...}.
+    since
+        Start after this seq (read or not), instead of with the unread envelopes.
+    peek
+        Leave envelopes unread.
+    reconnect
+        When the daemon stops or restarts, wait for it and carry on where it left off (also waits
+        for a daemon that is not running yet).
     """
-    with Client() as c:
-        for item in c.listen(events=events, count=count):
+    if count is not None and count < 1:
+        raise _usage_error("--count must be at least 1")
+    client = Client()
+    try:
+        if not reconnect:
+            client.connect()  # no daemon: exit 69 now
+        for item in client.listen(
+            since=since, count=count, events=events, ack=not peek, reconnect=reconnect
+        ):
             sys.stdout.write(json.dumps(item, separators=(",", ":"), ensure_ascii=False) + "\n")
             sys.stdout.flush()
+    finally:
+        client.close()
+    return EXIT_OK
+
+
+@app.command
+def inbox(
+    *,
+    all_: Annotated[bool, Parameter(name="--all", negative="")] = False,
+    since: int | None = None,
+    kind: Annotated[list[str] | None, Parameter(negative="")] = None,
+    from_: Annotated[list[str] | None, Parameter(name="--from", negative="")] = None,
+    limit: int | None = None,
+    wait: float | None = None,
+    json: Json = False,
+) -> int:
+    """List stored envelopes without marking them read: unread ones, oldest first.
+
+    One line each: SEQ FROM KIND ID and a summary of the payload ("(read)" in front of read ones).
+    Mark them read with `acp ack`; answer one with `acp reply ID`. --json prints the daemon's reply:
+    {"messages": [{"seq", "envelope" (or "event"), "read", "received", "trust"}, ...], "next": N}.
+
+    Examples:
+
+        acp inbox
+        acp inbox --kind query --from agent-two
+        acp inbox --since 41 --wait 60 --json | jq -c '.messages[].envelope'
+        acp inbox --all --limit 20
+
+    Parameters
+    ----------
+    all_
+        Include envelopes already read (while the daemon keeps them).
+    since
+        Only envelopes with a seq above this one (the "next" of an earlier --json).
+    kind
+        Only this kind (query, response, delegate, notify); repeat for several.
+    from_
+        Only from this agent; repeat for several.
+    limit
+        At most this many (the daemon's default is 100, its maximum 1000).
+    wait
+        If nothing matches, wait up to this many seconds for something that does.
+    """
+    with Client() as c:
+        out = c.inbox(unread=not all_, since=since, limit=limit, kinds=kind, from_=from_, wait=wait)
+    out.pop("req", None)
+    if json:
+        _print_json(out)
+        return EXIT_OK
+    messages = out.get("messages") or []
+    if not messages:
+        print("no envelopes" if all_ else "no unread envelopes", file=sys.stderr)
+        return EXIT_OK
+    print("\n".join(_inbox_lines(messages)))
+    if len(messages) >= (limit or INBOX_PAGE):
+        print(f"more may follow: acp inbox --since {out.get('next')}", file=sys.stderr)
+    return EXIT_OK
+
+
+INBOX_PAGE = 100  # the daemon's default limit
+INBOX_WIDTH = 79  # inbox lines stay within this (or a wider terminal) when the ids allow
+INBOX_SUMMARY_MIN = 16  # ... but show at least this much of each summary
+
+
+def _one_line(text: str) -> str:
+    """Text from a peer made safe for one terminal line: no control characters, one space runs."""
+    text = "".join(ch if ch.isprintable() or ch.isspace() else "?" for ch in text)
+    return " ".join(text.split())
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _summary(item: dict[str, Any]) -> tuple[str, str, str, str]:
+    """(from, kind, id, summary) of one inbox item: an envelope, or an event of our own."""
+    event = item.get("event")
+    if isinstance(event, dict):
+        text = f"to {event.get('to', '?')}: {event.get('reason', '')}"
+        return "-", str(event.get("event", "event")), str(event.get("msg_id", "-")), text
+    env = item.get("envelope")
+    env = env if isinstance(env, dict) else {}
+    kind = str(env.get("kind", "?"))
+    p = env.get("payload")
+    p = p if isinstance(p, dict) else {}
+    if kind == "query":
+        text = _compact(p.get("question", ""))
+    elif kind == "delegate":
+        text = ("[urgent] " if p.get("priority") == "urgent" else "") + _compact(p.get("task", ""))
+    elif kind == "notify":
+        text = f"{_compact(p.get('topic', ''))}: {_compact(p.get('data'))}"
+    elif kind == "response":
+        body = f"error: {_compact(p['error'])}" if p.get("error") else None
+        body = body or _compact(p["summary"] if p.get("summary") else p.get("data"))
+        text = f"re {str(env.get('reply_to', '?'))[:8]}: {body}"
+    else:
+        text = _compact(p)
+    return str(env.get("from", "?")), kind, str(env.get("id", "?")), text
+
+
+def _inbox_lines(messages: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for m in messages:
+        sender, kind, msg_id, text = (_one_line(f) for f in _summary(m))
+        if m.get("read"):
+            text = f"(read) {text}"
+        rows.append((str(m.get("seq", "?")), sender, kind, msg_id, text))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    width = INBOX_WIDTH
+    if sys.stdout.isatty():
+        import shutil
+
+        width = max(width, shutil.get_terminal_size().columns - 1)
+    lines = []
+    for seq, sender, kind, msg_id, text in rows:
+        head = "  ".join(
+            [
+                seq.rjust(widths[0]),
+                sender.ljust(widths[1]),
+                kind.ljust(widths[2]),
+                msg_id.ljust(widths[3]),
+            ]
+        )
+        room = max(INBOX_SUMMARY_MIN, width - len(head) - 2)
+        if len(text) > room:
+            text = text[: room - 1] + "…"
+        lines.append(f"{head}  {text}".rstrip())
+    return lines
+
+
+@app.command
+def ack(*ids: str, up_to: int | None = None, json: Json = False) -> int:
+    """Mark envelopes read, by message ID or every one up to a seq; prints how many changed.
+
+    Read envelopes no longer show in `acp inbox` or a plain `acp listen` (the daemon keeps them a
+    while, for `acp inbox --all` and `--since`). Unknown or already read ids are not an error.
+
+    Examples:
+
+        acp ack 5fc85a12-416f-4cd5-b1f5-e8cd54608d14
+        acp ack --up-to 41
+        acp inbox --json | jq -r '.messages[].envelope.id // empty' | xargs -r acp ack
+
+    Parameters
+    ----------
+    ids
+        Message ids (as `acp inbox` and `acp listen` show them).
+    up_to
+        Mark every envelope with a seq up to and including this one.
+    """
+    if bool(ids) == (up_to is not None):
+        raise _usage_error("give message ids, or --up-to SEQ (one of the two)")
+    with Client() as c:
+        n = c.ack(list(ids) if ids else None, up_to)
+    if json:
+        _print_json({"acked": n})
+    else:
+        print(f"marked {n} read" if n else "nothing to mark: already read, or unknown")
     return EXIT_OK
 
 
@@ -360,6 +547,9 @@ def peers(*, json: Json = False) -> int:
 def status(*, json: Json = False) -> int:
     """Show the daemon's health: agent_id, fingerprint, port, uptime, peers, message counts.
 
+    The inbox line counts unread envelopes and all those stored (read ones are kept a while); the
+    outbox line, envelopes waiting for a peer's ACK.
+
     Examples:
 
         acp status
@@ -379,8 +569,11 @@ def status(*, json: Json = False) -> int:
     print(f"peers        {st['peers_connected']} connected of {st['peers_known']} known")
     print(
         f"messages     {st['messages_sent']} sent (ACKed), {st['messages_received']} received, "
-        f"{st['queued']} queued, {st['inbox']} in inbox, {st['subscribers']} subscriber(s)"
+        f"{st['subscribers']} subscriber(s)"
     )
+    stored = f", {st['stored']} stored" if st.get("stored") is not None else ""
+    print(f"inbox        {st.get('unread', st.get('inbox'))} unread{stored}")
+    print(f"outbox       {st['queued']} queued")
     for warning in st.get("warnings", []):
         print(f"warning      {warning}")
     return EXIT_OK

@@ -17,10 +17,14 @@ import attrs
 
 from acp.errors import ConfigError
 from acp.model import agent_id_from_hostname, check_agent_id, decode_key
-from acp.proto.delivery import INBOX_LIMIT, OUTBOX_LIMIT, OUTBOX_TTL
+from acp.proto.delivery import OUTBOX_LIMIT, OUTBOX_TTL
 from acp.proto.handshake import TRUST_POLICIES
+from acp.proto.inbox import INBOX_LIMIT
 
 DEFAULT_PORT = 7100
+KEEP_READ = 3600.0  # seconds read envelopes are kept (at least the 600 s dedupe window)
+KEEP_READ_COUNT = 20_000
+DURABILITY = ("normal", "full")
 CONFIG_NAME = "config.toml"
 SOCKET_NAME = "acp.sock"
 
@@ -95,6 +99,10 @@ class Config:
     mdns: bool = True
     interfaces: tuple[str, ...] = ()
     inbox_limit: int = INBOX_LIMIT
+    inbox_per_sender: int | None = None  # default: half of inbox_limit
+    durability: str = "normal"  # normal: survives a killed daemon; full: also power loss
+    keep_read: float = KEEP_READ  # seconds a read envelope is kept
+    keep_read_count: int = KEEP_READ_COUNT  # read envelopes kept at most
     outbox_limit: int = OUTBOX_LIMIT
     outbox_ttl: float = OUTBOX_TTL
     stats_interval: float = 300.0
@@ -198,6 +206,15 @@ class Config:
                 raise ConfigError(f"{path}: {key} must be above 0")
             return value
 
+        inbox_limit = positive("inbox_limit", INBOX_LIMIT)
+        per_sender = typed("inbox_per_sender", int, None)
+        if per_sender is not None and not 1 <= per_sender <= inbox_limit:
+            raise ConfigError(f"{path}: inbox_per_sender must be 1..inbox_limit ({inbox_limit})")
+        durability = typed("durability", str, "normal")
+        if durability not in DURABILITY:
+            raise ConfigError(
+                f"{path}: durability must be one of {', '.join(DURABILITY)}, not {durability!r}"
+            )
         return cls(
             home=home,
             agent_id=chosen_id,
@@ -207,7 +224,11 @@ class Config:
             peers=peers,
             mdns=mdns if mdns is not None else typed("mdns", bool, True),
             interfaces=tuple(interfaces),
-            inbox_limit=positive("inbox_limit", INBOX_LIMIT),
+            inbox_limit=inbox_limit,
+            inbox_per_sender=per_sender,
+            durability=durability,
+            keep_read=float(positive("keep_read", KEEP_READ, (int, float))),
+            keep_read_count=positive("keep_read_count", KEEP_READ_COUNT),
             outbox_limit=positive("outbox_limit", OUTBOX_LIMIT),
             outbox_ttl=float(positive("outbox_ttl", OUTBOX_TTL, (int, float))),
             stats_interval=float(positive("stats_interval", 300.0, (int, float))),

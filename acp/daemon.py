@@ -5,8 +5,12 @@ run_daemon            root nursery; SIGTERM/SIGINT -> cancel, with BYE to peers
 ├─ listener.serve     TCP accept loop -> responder handshakes -> inbound sessions
 ├─ peers.run          one supervisor per peer: dial, session, backoff
 ├─ discovery.run      mDNS (the slot; off with --no-mdns / mdns = false)
-├─ expiry             outbox TTL sweep, once a second
-└─ stats.run          the periodic stats line, and peers.json flushes
+├─ expiry             outbox TTL sweep and inbox_full retries, once a second
+├─ housekeeping       peer rows written every 5 s, read inbox items pruned every minute
+└─ stats.run          the periodic stats line
+
+Beside the tree, the store's thread (acp/store.py) owns acp.db; it is opened before anything
+listens and closed after everything has stopped, once the jobs still queued are committed.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ from acp.net import listener, stats
 from acp.net.ipc_server import DaemonLock, IpcServer, open_ipc_listener
 from acp.net.node import Node
 from acp.net.peers import PeerManager
-from acp.store import PeerStore
+from acp.store import DB_NAME, LEGACY_PEERS, Database
 
 log = logging.getLogger(__name__)
 
 EXPIRY_INTERVAL = 1.0
 STORE_FLUSH_INTERVAL = 5.0
+PRUNE_EVERY = 12  # flushes: read inbox items are pruned once a minute
 
 
 def sd_notify(state: str) -> None:
@@ -53,13 +58,13 @@ async def _expiry(node: Node) -> None:
         node.expire()
 
 
-async def _flush_store(node: Node) -> None:
+async def _housekeeping(node: Node) -> None:
+    n = 0
     async for _ in trio_util.periodic(STORE_FLUSH_INTERVAL):
-        if node.store.dirty:
-            try:
-                node.store.save()
-            except OSError as exc:
-                log.error("cannot write %s: %s", node.store.path, exc)
+        node.save_peers()
+        n += 1
+        if n % PRUNE_EVERY == 1:
+            node.prune()
 
 
 async def _signals(scope: trio.CancelScope) -> None:
@@ -78,12 +83,16 @@ async def run_daemon(
     lock = DaemonLock(config.home)
     lock.acquire()
     ipc_listener = None
+    db = Database(config.home / DB_NAME, durability=config.durability)
     try:
         identity = load_identity(config.home)
-        store = PeerStore.load(config.home)
-        node = Node(config, identity, store)
+        loaded = await db.open(legacy_peers=config.home / LEGACY_PEERS)
+        if loaded.imported_peers:
+            log.info("store: imported %d peer(s) from %s", loaded.imported_peers, LEGACY_PEERS)
+        node = Node(config, identity, db, loaded.peers)
         manager = PeerManager(node)
         manager.load_known()
+        node.restore(loaded)  # after the peer table: queued envelopes go to those peers
         # Bind before the nursery: a ConfigError (port in use) must reach the CLI bare, not
         # wrapped in an ExceptionGroup that prints as a traceback.
         ipc_listener = await open_ipc_listener(config.socket_path)
@@ -100,7 +109,7 @@ async def run_daemon(
 
                     await nursery.start(discovery.run, node)
                 nursery.start_soon(_expiry, node)
-                nursery.start_soon(_flush_store, node)
+                nursery.start_soon(_housekeeping, node)
                 await nursery.start(stats.run, node.stats, config.stats_interval)
                 log.info(
                     "acp daemon %s listening on port %s, IPC %s, key %s",
@@ -112,9 +121,10 @@ async def run_daemon(
                 sd_notify("READY=1")
                 task_status.started(node)
         sd_notify("STOPPING=1")
-        if store.dirty:
-            store.save()
+        node.save_peers()
     finally:
+        with trio.CancelScope(shield=True):
+            await db.close()
         if ipc_listener is not None:
             try:
                 config.socket_path.unlink()

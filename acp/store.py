@@ -1,32 +1,94 @@
-"""``peers.json``: pinned keys, last addresses and handshake timestamps, written atomically.
+"""The durable store: one SQLite database, ``$ACP_HOME/acp.db``, owned by one thread.
 
-Layout (version 1)::
+Why a thread of its own: a ``sqlite3`` connection refuses calls from a thread other than the one
+that made it, and trio's worker pool moves calls between threads; and a commit (an fsync with
+``durability = "full"``) must never stall the event loop. So the daemon hands this thread jobs
+through a queue (``Database.submit``): plain functions of the connection. The thread takes
+everything that is queued, runs it in one transaction, commits once, then hands each job's result
+back to the trio thread, in submission order, with ``TrioToken.run_sync_soon``. Grouping the jobs
+that arrived while the last commit ran is what keeps throughput from falling to one commit per
+message; the order of the callbacks is what lets the daemon reason about "committed before".
 
-    {"version": 1, "peers": {"agent-two": {"pubkey": "<b64>", "host": "10.0.0.7", "port": 7100,
-     "last_seen": <unix ms>, "ts_sent": <int>, "ts_accepted": <int>, "source": "mdns"}}}
+What is kept (schema version 1, ``PRAGMA user_version``):
 
-``ts_sent`` is the last handshake ``ts`` we sent to that peer; ``ts_accepted`` the last one we
-accepted from its pinned key (PROTOCOL.md §4), reset when the pin changes.
+- ``peers``: one row per peer, the JSON of a ``PeerRecord`` (pinned key, last address, the handshake
+  ``ts`` counters of PROTOCOL.md §4). Imported once from the ``peers.json`` of earlier versions.
+- ``inbox``: every inbound envelope the daemon ACKed ok, and every ``undelivered`` outcome of our
+  own sends, numbered by ``seq`` (AUTOINCREMENT: never reused, even after the newest row is pruned),
+  unread until a local client acks it (PROTOCOL.md §8.1). Read rows are kept for a while and then
+  pruned; they are also the dedupe memory that survives a restart (§6).
+- ``outbox``: envelopes accepted from local clients and not yet ACKed by their peer (§7).
+
+Durability: WAL with ``synchronous=NORMAL`` (default) survives a killed daemon, since a commit is in
+the WAL, in the OS's cache, before the call returns; ``durability = "full"`` (``synchronous=FULL``)
+also syncs the WAL at each commit, so a commit survives power loss.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Iterator
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 
 from acp.errors import ConfigError
 from acp.model import decode_key, encode_key, is_agent_id
 
-STORE_NAME = "peers.json"
+log = logging.getLogger(__name__)
+
+DB_NAME = "acp.db"
+LEGACY_PEERS = "peers.json"  # before the database: read once, then renamed
+SCHEMA_VERSION = 1
+MAX_BATCH = 4096  # jobs in one transaction at most
+DURABILITY = ("normal", "full")
+
+R = TypeVar("R")
+
+_SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE peers (agent_id TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE inbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender TEXT,                -- NULL for an event (an outcome of our own send)
+    msg_id TEXT NOT NULL,
+    kind TEXT NOT NULL,         -- the envelope's kind, or 'event'
+    received INTEGER NOT NULL,  -- unix ms
+    trust TEXT,
+    body BLOB NOT NULL,         -- the envelope's JSON as parsed and re-serialised, or the event's
+    read INTEGER NOT NULL DEFAULT 0,
+    read_at INTEGER
+);
+CREATE INDEX inbox_sender_id ON inbox (sender, msg_id);
+CREATE INDEX inbox_unread ON inbox (seq) WHERE read = 0;
+CREATE TABLE outbox (
+    row INTEGER PRIMARY KEY,
+    peer TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    urgent INTEGER NOT NULL,
+    deadline INTEGER NOT NULL,  -- unix ms
+    wire BLOB NOT NULL
+);
+"""
+
+
+# -- peers ------------------------------------------------------------------------------------------
 
 
 @attrs.define
 class PeerRecord:
+    """What survives a restart about one peer (PROTOCOL.md §2, §4).
+
+    ``ts_sent`` is the last handshake ``ts`` we sent to that peer; ``ts_accepted`` the last one we
+    accepted from its pinned key, reset when the pin changes.
+    """
+
     pubkey: bytes | None = attrs.field(default=None, repr=False)
     host: str | None = None
     port: int | None = None
@@ -66,42 +128,28 @@ class PeerRecord:
 
 
 class PeerStore:
-    """The in-memory copy of peers.json; ``save()`` writes it with write-to-temp + os.replace."""
+    """The peer table in memory; what changed is written by ``Database.save_peers``.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    Reads are plain dict look-ups on the event loop; ``changes()`` hands the rows changed since the
+    last call to whoever writes them, so nothing here touches the disk.
+    """
+
+    def __init__(self) -> None:
         self._peers: dict[str, PeerRecord] = {}
-        self.dirty = False
+        self._changed: set[str] = set()
 
-    @classmethod
-    def load(cls, home: Path) -> PeerStore:
-        store = cls(home / STORE_NAME)
-        try:
-            raw = store.path.read_bytes()
-        except FileNotFoundError:
-            return store
-        except OSError as exc:
-            raise ConfigError(f"{store.path}: cannot read: {exc.strerror}") from exc
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ConfigError(
-                f"{store.path}: not valid JSON ({exc}); fix it or move it away "
-                "(pinned keys are lost with it)"
-            ) from exc
-        if not isinstance(data, dict) or not isinstance(data.get("peers", {}), dict):
-            raise ConfigError(f'{store.path}: expected {{"version": 1, "peers": {{...}}}}')
-        for agent_id, rec in data.get("peers", {}).items():
-            if not is_agent_id(agent_id):
-                raise ConfigError(f"{store.path}: {agent_id!r} is not a valid agent_id")
-            store._peers[agent_id] = PeerRecord.from_json(rec, f"{store.path} peer {agent_id!r}")
-        return store
+    @property
+    def dirty(self) -> bool:
+        return bool(self._changed)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._peers)
+        return iter(list(self._peers))
 
     def __contains__(self, agent_id: str) -> bool:
         return agent_id in self._peers
+
+    def __len__(self) -> int:
+        return len(self._peers)
 
     def get(self, agent_id: str) -> PeerRecord | None:
         return self._peers.get(agent_id)
@@ -117,29 +165,500 @@ class PeerStore:
         if rec.pubkey != pubkey:
             rec.pubkey = pubkey
             rec.ts_accepted = None  # the replay counter belongs to the key
-            self.dirty = True
+            self._changed.add(agent_id)
 
     def update(self, agent_id: str, **fields: Any) -> None:
         rec = self.record(agent_id)
         for key, value in fields.items():
             if getattr(rec, key) != value:
                 setattr(rec, key, value)
-                self.dirty = True
+                self._changed.add(agent_id)
 
     def forget(self, agent_id: str) -> bool:
         if self._peers.pop(agent_id, None) is not None:
-            self.dirty = True
+            self._changed.add(agent_id)
             return True
         return False
 
-    def save(self) -> None:
-        data = {"version": 1, "peers": {k: v.to_json() for k, v in sorted(self._peers.items())}}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        self.dirty = False
+    def changes(self) -> dict[str, str | None]:
+        """Rows changed since the last call: agent_id -> record JSON, or None if forgotten."""
+        out: dict[str, str | None] = {}
+        for agent_id in self._changed:
+            rec = self._peers.get(agent_id)
+            out[agent_id] = json.dumps(rec.to_json(), sort_keys=True) if rec else None
+        self._changed.clear()
+        return out
+
+    def load_rows(self, rows: list[tuple[str, str]], where: str) -> None:
+        for agent_id, text in rows:
+            if not is_agent_id(agent_id):
+                raise ConfigError(f"{where}: {agent_id!r} is not a valid agent_id")
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: peer {agent_id!r}: not valid JSON") from exc
+            self._peers[agent_id] = PeerRecord.from_json(data, f"{where} peer {agent_id!r}")
+
+
+def read_legacy_peers(path: Path) -> dict[str, PeerRecord]:
+    """The ``peers.json`` of acp before the database (version 1 of that file); {} if absent."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(
+            f"{path}: not valid JSON ({exc}); fix it or move it away (pinned keys are lost with it)"
+        ) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("peers", {}), dict):
+        raise ConfigError(f'{path}: expected {{"version": 1, "peers": {{...}}}}')
+    out = {}
+    for agent_id, rec in data.get("peers", {}).items():
+        if not is_agent_id(agent_id):
+            raise ConfigError(f"{path}: {agent_id!r} is not a valid agent_id")
+        out[agent_id] = PeerRecord.from_json(rec, f"{path} peer {agent_id!r}")
+    return out
+
+
+# -- rows -------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class InboxRow:
+    seq: int
+    sender: str | None
+    msg_id: str
+    kind: str
+    received: int
+    trust: str | None
+    body: bytes
+    read: bool
+
+
+@attrs.frozen
+class OutboxRow:
+    row: int
+    peer: str
+    msg_id: str
+    urgent: bool
+    deadline: int  # unix ms
+    wire: bytes
+
+
+@attrs.frozen
+class Loaded:
+    """Everything the daemon needs from the database at start-up."""
+
+    peers: PeerStore
+    unread: list[InboxRow]
+    last_seq: int
+    stored: int
+    recent: list[tuple[str, str, int]]  # (sender, msg_id, received ms) of the dedupe window
+    outbox: list[OutboxRow]
+    last_outbox_row: int
+    imported_peers: int  # rows read from a legacy peers.json at this start
+
+
+_INBOX_COLS = "seq, sender, msg_id, kind, received, trust, body, read"
+
+
+def _inbox_row(r: tuple[Any, ...]) -> InboxRow:
+    return InboxRow(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), bool(r[7]))
+
+
+# -- the thread -------------------------------------------------------------------------------------
+
+
+class _Job(Generic[R]):
+    __slots__ = ("done", "fn")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], R],
+        done: Callable[[R | BaseException], None] | None,
+    ) -> None:
+        self.fn = fn
+        self.done = done
+
+
+_STOP = object()
+
+
+class StoreError(Exception):
+    """A job failed because the database could not be written (disk full, I/O error)."""
+
+
+class Database:
+    """One SQLite connection in one thread; jobs in, results back on the trio thread in order."""
+
+    def __init__(self, path: Path, *, durability: str = "normal") -> None:
+        if durability not in DURABILITY:
+            raise ConfigError(f"durability must be one of {', '.join(DURABILITY)}")
+        self.path = path
+        self.durability = durability
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._token: Any = None
+        self._conn: sqlite3.Connection | None = None
+        self.commits = 0  # transactions committed, for `acp status`
+        self.jobs = 0
+
+    # -- the trio side -----------------------------------------------------------------------
+
+    async def open(self, *, legacy_peers: Path | None = None) -> Loaded:
+        """Start the thread, open (or create, or migrate) the database and read what it holds.
+
+        Raises ConfigError naming the file if it is not a database we can use.
+        """
+        try:
+            loaded = await self.call(lambda conn: self._load(conn, legacy_peers))
+            if loaded.imported_peers and legacy_peers is not None:
+                # only now that the import is committed: a batch run again must find the file
+                try:
+                    os.replace(
+                        legacy_peers, legacy_peers.with_name(legacy_peers.name + ".imported")
+                    )
+                except OSError:
+                    pass
+            return loaded
+        except StoreError as exc:
+            await self.close()
+            raise self._unusable(exc) from None
+        except BaseException:
+            await self.close()
+            raise
+
+    def submit(
+        self,
+        fn: Callable[[sqlite3.Connection], R],
+        done: Callable[[R | BaseException], None] | None = None,
+    ) -> None:
+        """Queue ``fn`` for the next transaction; ``done(result or exception)`` runs afterwards
+        on the trio thread, after the commit, in submission order. Never blocks."""
+        if self._thread is None:
+            self._start()
+        self._queue.put(_Job(fn, done))
+
+    def _start(self) -> None:
+        import trio
+
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._run, name="acp-store", daemon=True)
+        self._thread.start()
+
+    async def call(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        """Run ``fn`` in the next transaction and return its result once committed."""
+        import trio
+
+        box: list[Any] = []
+        event = trio.Event()
+
+        def done(result: Any) -> None:
+            box.append(result)
+            event.set()
+
+        self.submit(fn, done)
+        await event.wait()
+        result = box[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        """Finish every queued job, then stop the thread."""
+        import trio
+
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        thread, self._thread = self._thread, None
+        await trio.to_thread.run_sync(thread.join)
+
+    # -- the store thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch: list[_Job[Any]] = [item]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            results = self._run_batch(batch)
+            self._post(batch, results)
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            except sqlite3.Error as exc:
+                raise self._unusable(exc) from None
+            try:
+                os.chmod(self.path, 0o600)
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode != "wal":
+                    raise sqlite3.DatabaseError(f"cannot switch to WAL (journal mode {mode})")
+                sync = "FULL" if self.durability == "full" else "NORMAL"
+                conn.execute(f"PRAGMA synchronous={sync}")
+                conn.execute("PRAGMA busy_timeout=5000")
+            except (sqlite3.Error, OSError) as exc:
+                conn.close()
+                raise self._unusable(exc) from None
+            self._conn = conn
+        return self._conn
+
+    def _unusable(self, exc: BaseException) -> ConfigError:
+        return ConfigError(
+            f"{self.path}: cannot use the acp database ({exc}); it is left as it is: move it "
+            "away to start with an empty one (its unread envelopes and pinned keys go with it)"
+        )
+
+    def _run_batch(self, batch: list[_Job[Any]]) -> list[Any]:
+        try:
+            conn = self._connection()
+        except ConfigError as exc:
+            return [exc] * len(batch)
+        results = self._transaction(conn, batch)
+        if results is not None:
+            return results
+        # Something in the batch failed: run each job alone so one bad job fails only itself.
+        return [self._single(conn, job) for job in batch]
+
+    def _transaction(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[Any] | None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = [job.fn(conn) for job in batch]
+            conn.execute("COMMIT")
+        except Exception as exc:
+            self._rollback(conn)
+            if len(batch) == 1:
+                return [self._wrap(exc)]
+            return None
+        self.commits += 1
+        self.jobs += len(batch)
+        return results
+
+    def _single(self, conn: sqlite3.Connection, job: _Job[Any]) -> Any:
+        out = self._transaction(conn, [job])
+        assert out is not None
+        return out[0]
+
+    def _wrap(self, exc: Exception) -> BaseException:
+        if isinstance(exc, ConfigError):
+            return exc
+        if isinstance(exc, sqlite3.Error):
+            return StoreError(f"{self.path}: {exc}")
+        log.error("store job failed: %r", exc, exc_info=exc)
+        return exc
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def _post(self, batch: list[_Job[Any]], results: list[Any]) -> None:
+        calls = [(job.done, res) for job, res in zip(batch, results, strict=True) if job.done]
+        if not calls:
+            return
+        try:
+            self._token.run_sync_soon(_deliver, calls)
+        except RuntimeError:  # trio.RunFinishedError: nobody is left to tell
+            pass
+
+    # -- jobs (run in the store thread) ------------------------------------------------------
+
+    def _load(self, conn: sqlite3.Connection, legacy: Path | None) -> Loaded:
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.path}: written by a newer acp (schema {version}, this one knows "
+                    f"{SCHEMA_VERSION}); upgrade acp, or move the file away"
+                )
+            if version < 1:
+                for statement in _SCHEMA_V1.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            # later versions: `if version < 2: ...` here, each step in this transaction
+            peers = PeerStore()
+            imported = 0
+            done = conn.execute("SELECT value FROM meta WHERE key='legacy_peers'").fetchone()
+            if legacy is not None and done is None:
+                for agent_id, rec in read_legacy_peers(legacy).items():
+                    conn.execute(
+                        "INSERT OR REPLACE INTO peers VALUES (?, ?)",
+                        (agent_id, json.dumps(rec.to_json(), sort_keys=True)),
+                    )
+                    imported += 1
+                conn.execute("INSERT INTO meta VALUES ('legacy_peers', 'imported')")
+            peers.load_rows(
+                conn.execute("SELECT agent_id, record FROM peers").fetchall(), str(self.path)
+            )
+            unread = [
+                _inbox_row(r)
+                for r in conn.execute(
+                    f"SELECT {_INBOX_COLS} FROM inbox WHERE read = 0 ORDER BY seq"
+                )
+            ]
+            seqs = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='inbox'").fetchone()
+            top = conn.execute("SELECT max(seq), count(*) FROM inbox").fetchone()
+            last_seq = max(seqs[0] if seqs else 0, top[0] or 0)
+            newest = conn.execute("SELECT max(received) FROM inbox").fetchone()[0] or 0
+            recent = conn.execute(
+                "SELECT sender, msg_id, received FROM inbox "
+                "WHERE sender IS NOT NULL AND received >= ? ORDER BY seq",
+                (newest - RECENT_MS,),
+            ).fetchall()
+            outbox = [
+                OutboxRow(r[0], r[1], r[2], bool(r[3]), r[4], bytes(r[5]))
+                for r in conn.execute(
+                    "SELECT row, peer, msg_id, urgent, deadline, wire FROM outbox ORDER BY row"
+                )
+            ]
+            last_row = conn.execute("SELECT max(row) FROM outbox").fetchone()[0] or 0
+        except sqlite3.DatabaseError as exc:
+            raise self._unusable(exc) from None
+        return Loaded(peers, unread, last_seq, top[1], recent, outbox, last_row, imported)
+
+
+RECENT_MS = 15 * 60 * 1000  # inbound ids read back at start-up for dedupe (§6 asks for 10 min)
+
+
+def _deliver(calls: list[tuple[Callable[[Any], None], Any]]) -> None:
+    for done, result in calls:
+        try:
+            done(result)
+        except Exception:  # a callback's bug must not cancel the daemon
+            log.exception("store callback failed")
+
+
+# -- the statements the daemon uses (each runs in the store thread) --------------------------------
+
+
+def save_peers(changes: dict[str, str | None]) -> Callable[[sqlite3.Connection], None]:
+    def job(conn: sqlite3.Connection) -> None:
+        for agent_id, record in changes.items():
+            if record is None:
+                conn.execute("DELETE FROM peers WHERE agent_id = ?", (agent_id,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO peers VALUES (?, ?)", (agent_id, record))
+
+    return job
+
+
+def insert_inbox(row: InboxRow, read_at: int | None) -> Callable[[sqlite3.Connection], None]:
+    def job(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO inbox (seq, sender, msg_id, kind, received, trust, body, read, read_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.seq,
+                row.sender,
+                row.msg_id,
+                row.kind,
+                row.received,
+                row.trust,
+                row.body,
+                int(row.read),
+                read_at,
+            ),
+        )
+
+    return job
+
+
+def mark_read(seqs: list[int], now_ms: int) -> Callable[[sqlite3.Connection], int]:
+    def job(conn: sqlite3.Connection) -> int:
+        cur = conn.executemany(
+            "UPDATE inbox SET read = 1, read_at = ? WHERE seq = ? AND read = 0",
+            [(now_ms, s) for s in seqs],
+        )
+        return cur.rowcount
+
+    return job
+
+
+def read_inbox(
+    *, since: int, limit: int, kinds: list[str] | None, senders: list[str] | None
+) -> Callable[[sqlite3.Connection], list[InboxRow]]:
+    """Read and unread rows above ``since``, oldest first (the unread ones are in memory)."""
+    where = ["seq > ?"]
+    args: list[Any] = [since]
+    if kinds:
+        where.append(f"kind IN ({','.join('?' * len(kinds))})")
+        args += kinds
+    if senders:
+        where.append(f"sender IN ({','.join('?' * len(senders))})")
+        args += senders
+    sql = f"SELECT {_INBOX_COLS} FROM inbox WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+    args.append(limit)
+
+    def job(conn: sqlite3.Connection) -> list[InboxRow]:
+        return [_inbox_row(r) for r in conn.execute(sql, args)]
+
+    return job
+
+
+def prune_inbox(
+    *, now_ms: int, keep_ms: int, keep_count: int
+) -> Callable[[sqlite3.Connection], int]:
+    """Drop read rows older than ``keep_ms``, and the oldest read ones past ``keep_count``."""
+
+    def job(conn: sqlite3.Connection) -> int:
+        gone = conn.execute(
+            "DELETE FROM inbox WHERE read = 1 AND received < ?", (now_ms - keep_ms,)
+        ).rowcount
+        cut = conn.execute(
+            "SELECT seq FROM inbox WHERE read = 1 ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (keep_count,),
+        ).fetchone()
+        if cut is not None:
+            gone += conn.execute(
+                "DELETE FROM inbox WHERE read = 1 AND seq <= ?", (cut[0],)
+            ).rowcount
+        return gone
+
+    return job
+
+
+def insert_outbox(rows: list[OutboxRow]) -> Callable[[sqlite3.Connection], None]:
+    def job(conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "INSERT INTO outbox (row, peer, msg_id, urgent, deadline, wire) VALUES (?,?,?,?,?,?)",
+            [(r.row, r.peer, r.msg_id, int(r.urgent), r.deadline, r.wire) for r in rows],
+        )
+
+    return job
+
+
+def delete_outbox(rows: list[int]) -> Callable[[sqlite3.Connection], None]:
+    def job(conn: sqlite3.Connection) -> None:
+        conn.executemany("DELETE FROM outbox WHERE row = ?", [(r,) for r in rows])
+
+    return job
+
+
+def nothing(conn: sqlite3.Connection) -> None:
+    """A job that writes nothing: its callback runs after everything queued before it commits."""

@@ -45,7 +45,7 @@ async def dial(node: Node, peer: Peer, host: str, port: int) -> Session:
         rec = node.store.record(peer.agent_id)
         ts = hs.next_ts(_now_ms(), rec.ts_sent)
         node.store.update(peer.agent_id, ts_sent=ts)
-        node.store.save()  # before sending: ts must increase across restarts
+        await node.persist_peers()  # before sending: ts must increase across restarts
         noise = Initiator(node.identity.private_key, peer.pubkey, prologue=hs.PROLOGUE)
         msg1 = noise.write_message_1(hs.hello_payload(node.agent_id, ts, node.port))
         await stream.send_all(encode_frame(msg1))
@@ -106,7 +106,7 @@ async def answer(node: Node, stream: trio.abc.Stream) -> Session:
     node.store.update(hello.agent_id, ts_accepted=hello.ts)
     if hello.port is not None and host is not None:
         node.store.update(hello.agent_id, host=host, port=hello.port)
-    node.store.save()
+    node.save_peers()
     if peer is None:
         peer = node.add_peer(
             Peer(agent_id=hello.agent_id, pubkey=key, host=host, port=hello.port, source="incoming")

@@ -1,10 +1,11 @@
 """The local IPC server (PROTOCOL.md §8): ``$ACP_HOME/acp.sock``, one JSON object per line.
 
 Each connection has one writer task (replies, events and subscribe pushes share the stream) and one
-reader. Requests are handled in order; a ``send`` that waits for an ACK or a response gets a task of
-its own, so a client can pipeline with ``req``. Only the daemon's own user may connect (SO_PEERCRED).
-A subscriber that falls ``MAX_BACKLOG`` lines behind is disconnected with a reason, and the pushes it
-never received go back to the inbox.
+reader. Requests are handled in order; what waits (a ``send`` for its ACK or response, an ``inbox``
+with ``wait``) gets a task of its own, and what follows a commit (``send``, ``ack``) replies from the
+store's callback, so a client can pipeline with ``req``. Only the daemon's own user may connect
+(SO_PEERCRED). A subscriber that falls ``MAX_BACKLOG`` lines behind is disconnected with a reason;
+pushes consume nothing (PROTOCOL.md §8.1), so it resumes with ``subscribe`` and ``since``.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from typing import Any
 import attrs
 import trio
 
-from acp import __version__
+from acp import __version__, store
 from acp.errors import AlreadyRunning, ConfigError, EnvelopeError, IpcError
 from acp.model import check_agent_id, decode_key, encode_key
-from acp.net.node import EXCLUSIVE, Node, Ticket
+from acp.net.node import Node, Ticket
 from acp.net.peer import Peer
 from acp.proto import envelope as envelope_mod
 from acp.proto import ipc
@@ -39,20 +40,22 @@ MAX_BACKLOG_BYTES = 64 << 20  # ... or this many bytes of them
 WRITE_BATCH = 256 * 1024  # bytes per send_all to a client
 MAX_CLIENTS = 256
 RECV_SIZE = 64 * 1024  # per receive_some: one allocation each, kept under malloc's mmap threshold
+CATCH_UP_LINES = 1000  # a catching-up subscriber gets its next page once fewer pushes wait...
+CATCH_UP_BYTES = 4 << 20  # ... and fewer bytes than this
 
 
 @attrs.define(eq=False)
 class IpcConn:
     stream: trio.SocketStream
-    # (push sequence number, or None for a reply or an event; EXCLUSIVE for an inbox line), line
+    # (the item's seq for a push, or None for a reply or an event), line
     out: deque[tuple[int | None, bytes]] = attrs.field(factory=deque)
     wake: trio.Event = attrs.field(factory=trio.Event)
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     subscribed: bool = False
     closed: bool = False
     overflowed: bool = False
-    remaining: int | None = None  # pushes still wanted, for subscribe with a count
-    since_seq: int = 0  # the first live push this subscriber got
+    catching_up: bool = False  # a subscriber with more stored items to read once it drains
+    on_drained: Any = None  # called by the writer when a catching-up subscriber drained
     drained: trio.Event | None = None  # set by the writer when ``out`` empties (flush)
     eof: bool = False  # the client closed its side
     writing: bool = False  # inside send_all: the stream is mid-line if that is cancelled
@@ -70,9 +73,8 @@ class IpcConn:
             return
         self.out.append((seq, line))
         self.wake.set()
-        if seq is not None and seq != EXCLUSIVE:
-            # The inbox handed over at subscribe does not count: only what arrives while the
-            # client does not read. Bounded in lines and in bytes (64 KiB envelopes add up).
+        if seq is not None:
+            # Bounded in lines and in bytes (64 KiB envelopes add up).
             self.live_lines += 1
             self.live_bytes += len(line)
             if (
@@ -97,20 +99,30 @@ class IpcConn:
                 self.writing = False
                 for _ in range(len(batch)):
                     seq, line = out.popleft()
-                    if seq is not None and seq != EXCLUSIVE:
+                    if seq is not None:
                         self.live_lines -= 1
                         self.live_bytes -= len(line)
                 if not out and self.drained is not None:
                     self.drained.set()
+                if self.catching_up and not self.backlogged and self.on_drained is not None:
+                    self.on_drained(self)
             else:
                 await self.wake.wait()
                 self.wake = trio.Event()
+
+    @property
+    def backlogged(self) -> bool:
+        return self.live_lines >= CATCH_UP_LINES or self.live_bytes >= CATCH_UP_BYTES
 
     async def flush(self) -> None:
         """Wait until the writer has sent everything queued."""
         while self.out:
             self.drained = trio.Event()
             await self.drained.wait()
+
+
+def _store_error(exc: BaseException, req: Any) -> dict[str, Any]:
+    return ipc.error_reply(ipc.STORE_FAILED, f"not stored: {exc}", req)
 
 
 class DaemonLock:
@@ -209,7 +221,7 @@ class IpcServer:
         if len(node.conns) >= MAX_CLIENTS:
             await _refuse(stream, "busy", f"{MAX_CLIENTS} clients connected already")
             return
-        conn = IpcConn(stream)
+        conn = IpcConn(stream, on_drained=node.catch_up)
         node.conns.add(conn)
         try:
             with conn.scope:
@@ -224,10 +236,7 @@ class IpcServer:
         finally:
             conn.closed = True
             node.conns.discard(conn)
-            # What was not (entirely) written goes back: a line cut off mid-write is sent again
-            # to the next subscriber rather than lost.
-            unsent = [(seq, line) for seq, line in conn.out if seq is not None]
-            node.unsubscribe(conn, unsent)
+            node.unsubscribe(conn)
             if conn.overflowed:
                 node.stats.inc("ipc_slow_clients")
                 log.warning("IPC subscriber too slow (%d lines behind): disconnected", MAX_BACKLOG)
@@ -239,8 +248,9 @@ class IpcServer:
                                 {
                                     "event": "disconnected",
                                     "reason": "too_slow",
-                                    "message": f"more than {MAX_BACKLOG} envelopes (or {MAX_BACKLOG_BYTES >> 20} MiB) "
-                                    "unread; unread envelopes went back to the inbox",
+                                    "message": f"more than {MAX_BACKLOG} pushes (or "
+                                    f"{MAX_BACKLOG_BYTES >> 20} MiB) not read; nothing is lost: "
+                                    "subscribe again with since = the last seq you read",
                                 }
                             )
                         )
@@ -304,15 +314,26 @@ class IpcServer:
         ticket = Ticket(conn, env.id, env.to, wait)
         if wait == "response":
             node.response_waiters[env.id] = ticket
+        state_box: list[str] = []
+
+        def stored(result: object) -> None:
+            if isinstance(result, BaseException):
+                node.response_waiters.pop(env.id, None)
+                conn.send(_store_error(result, r.req))
+            elif wait == "accepted":
+                conn.send(ipc.ok_reply(r.req, msg_id=env.id, to=env.to, state=state_box[0]))
+            else:
+                try:
+                    nursery.start_soon(self._await_ticket, conn, r, ticket, timeout)
+                except RuntimeError:
+                    pass  # the client left while the store committed
+
+        timeout = float(r.args.get("timeout", ipc.DEFAULT_WAIT_TIMEOUT))
         try:
-            state = node.route(env, wire, ticket)
+            state_box.append(node.route(env, wire, ticket, stored))
         except IpcError:
             node.response_waiters.pop(env.id, None)
             raise
-        if wait == "accepted":
-            return ipc.ok_reply(r.req, msg_id=env.id, to=env.to, state=state)
-        timeout = float(r.args.get("timeout", ipc.DEFAULT_WAIT_TIMEOUT))
-        nursery.start_soon(self._await_ticket, conn, r, ticket, timeout)
         return None
 
     async def _await_ticket(
@@ -372,7 +393,9 @@ class IpcServer:
         obj = {"kind": "response", "reply_to": msg_id, "payload": r.args["payload"]}
         return self._accept(conn, r, nursery, obj, check_agent_id(to, what="to"))
 
-    def cmd_broadcast(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
+    def cmd_broadcast(
+        self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery
+    ) -> dict[str, Any] | None:
         node = self.node
         obj = dict(r.args["envelope"])
         if obj.get("to") is not None:
@@ -393,20 +416,76 @@ class IpcServer:
             raise IpcError(
                 "outbox_full", f"outbox full for {', '.join(full)}: nothing sent; try again later"
             )
+        failed: list[BaseException] = []
+
+        def stored(result: object) -> None:
+            if isinstance(result, BaseException):
+                failed.append(result)
+
         for agent_id in connected:
             env, wire = envelope_mod.complete(obj, own_id=node.agent_id, to=agent_id, now_ms=now_ms)
-            node.route(env, wire, Ticket(conn, env.id, agent_id))
-        msg_id = obj["id"]
-        sent = connected
-        return ipc.ok_reply(r.req, msg_id=msg_id, to=sent)
+            node.route(env, wire, Ticket(conn, env.id, agent_id), stored)
+
+        def reply(_: object) -> None:  # runs after every insert above committed
+            if failed:
+                conn.send(_store_error(failed[0], r.req))
+            else:
+                conn.send(ipc.ok_reply(r.req, msg_id=obj["id"], to=connected))
+
+        node.db.submit(store.nothing, reply)
+        return None
 
     def cmd_subscribe(
         self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery
     ) -> dict[str, Any] | None:
         conn.send(ipc.ok_reply(r.req, subscribed=True))
+        if conn.subscribed:
+            self.node.unsubscribe(conn)  # a second subscribe starts over from its own since
         conn.subscribed = True
-        self.node.subscribe(conn, r.args.get("count"))
+        self.node.subscribe(conn, since=r.args.get("since"), count=r.args.get("count"))
         return None
+
+    def cmd_inbox(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._inbox, conn, r)
+
+    async def _inbox(self, conn: IpcConn, r: ipc.Request) -> None:
+        node, args = self.node, r.args
+        since = args.get("since", 0)
+        limit = args.get("limit", ipc.DEFAULT_INBOX_LIMIT)
+        wait = args.get("wait")
+        deadline = trio.current_time() + (wait or 0)
+        while True:
+            try:
+                items = await node.read_inbox(
+                    unread=args.get("unread", True),
+                    since=since,
+                    limit=limit,
+                    kinds=args.get("kinds"),
+                    senders=args.get("from"),
+                )
+            except Exception as exc:
+                conn.send(_store_error(exc, r.req))
+                return
+            if items or trio.current_time() >= deadline:
+                break
+            with trio.move_on_at(deadline):
+                await node.stored_something()
+        conn.send(
+            ipc.ok_reply(
+                r.req,
+                messages=[item.to_json() for item in items],
+                next=items[-1].seq if items else since,
+            )
+        )
+
+    def cmd_ack(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> None:
+        def done(result: int | BaseException) -> None:
+            if isinstance(result, BaseException):
+                conn.send(_store_error(result, r.req))
+            else:
+                conn.send(ipc.ok_reply(r.req, acked=result))
+
+        self.node.ack(r.args.get("ids"), r.args.get("up_to"), done)
 
     def cmd_peers(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
         now = trio.current_time()
@@ -433,8 +512,13 @@ class IpcServer:
             messages_sent=stats["acks_ok"],
             messages_received=stats["messages_delivered"],
             queued=sum(len(p.outbox) for p in node.peers.values()),
-            inbox=len(node.inbox),
-            subscribers=len(node.subscribers),
+            inbox=node.local.unread_count,
+            unread=node.local.unread_count,
+            stored=node.stored_rows,
+            last_seq=node.local.last_stored,
+            durability=node.config.durability,
+            database=str(node.db.path),
+            subscribers=node.local.subscribers(),
             warnings=list(node.warnings),
             counters=stats.snapshot(),
         )
@@ -460,9 +544,10 @@ class IpcServer:
         if r.args.get("addr"):
             host, port = split_hostport(r.args["addr"], what="addr")
         node.store.pin(agent_id, key)
+        node.store.update(agent_id, source="manual")
         if host is not None:
             node.store.update(agent_id, host=host, port=port)
-        node.store.save()
+        node.save_peers()
         peer = node.peer(agent_id)
         if peer is None:
             peer = node.add_peer(
@@ -490,6 +575,6 @@ class IpcServer:
         known = node.store.forget(agent_id)
         if peer is None and not known:
             raise IpcError(ipc.UNKNOWN_PEER, f"no peer {agent_id!r} is known")
-        node.store.save()
+        node.save_peers()
         log.info("peer %s: forgotten by the user", agent_id)
         return ipc.ok_reply(r.req, agent_id=agent_id, forgotten=True)

@@ -1,9 +1,10 @@
-"""The daemon's shared state and the message paths that cross peers and local clients.
+"""The daemon's shared state, and the wiring between peers, local clients and the store.
 
-``Node`` owns the peer table, the local inbox and subscribers, and the bookkeeping that ties a
-local ``send`` to the peer's ACK (and, with ``wait: response``, to the answer). Tasks live
-elsewhere (peers.py, listener.py, ipc_server.py); everything here is synchronous, so a session's
-reader can deliver without ever waiting on a slow local client.
+``Node`` owns the peer table and ties the pieces together: a local ``send`` goes into the peer's
+``Outbox`` and the durable outbox (the reply waits for that commit); an inbound envelope is decided
+by ``LocalInbox`` (acp/proto/inbox.py), inserted by the store thread, and only then ACKed and
+pushed. Tasks live elsewhere (peers.py, listener.py, ipc_server.py); nothing here blocks or waits:
+what must follow a commit is a callback that the store runs on the trio thread, in order.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 
+from acp import store
 from acp.config import Config
 from acp.errors import IpcError
 from acp.identity import Identity
@@ -24,8 +26,9 @@ from acp.model import Ack, Envelope, fingerprint
 from acp.net.peer import BACKOFF, KEY_CHANGED, REFUSED, Peer
 from acp.net.stats import Stats
 from acp.proto import ipc
-from acp.proto.delivery import Inbox, OutboxEntry, OutboxFull, SeenWindow
-from acp.store import PeerStore
+from acp.proto.delivery import SEEN_WINDOW, OutboxEntry, OutboxFull, SeenWindow
+from acp.proto.inbox import EVENT, PAGE, Item, LocalInbox
+from acp.store import Database, Loaded, PeerStore
 
 if TYPE_CHECKING:
     from acp.net.ipc_server import IpcConn
@@ -33,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECENT_INBOUND = 10_000  # inbound envelope ids remembered for `acp reply`
-EXCLUSIVE = -1  # the push sequence number of an inbox line handed to one subscriber only
 REDIAL_GAP = 5.0  # seconds between redials that fresh mDNS answers may cause for one peer
 
 
@@ -68,20 +70,26 @@ class Ticket:
 
 
 class Node:
-    def __init__(self, config: Config, identity: Identity, store: PeerStore) -> None:
+    def __init__(
+        self, config: Config, identity: Identity, db: Database, peers: PeerStore | None = None
+    ) -> None:
         self.config = config
         self.identity = identity
-        self.store = store
+        self.db = db
+        self.store = peers if peers is not None else PeerStore()
         self.agent_id = config.agent_id
         self.stats = Stats()
         self.peers: dict[str, Peer] = {}
-        self.inbox: Inbox[bytes] = Inbox(limit=config.inbox_limit)
+        self.local = LocalInbox(limit=config.inbox_limit, per_sender=config.inbox_per_sender)
+        self.stored_rows = 0  # inbox rows in the database, read ones included
+        self.next_row = 0  # the last durable-outbox row number handed out
+        self._drop_rows: list[int] = []  # outbox rows ACKed, deleted at the next flush
+        self._stored_event = trio.Event()
+        self.holding: set[Peer] = set()  # peers whose outbox waits after an inbox_full
         self.seen = SeenWindow()
-        self.subscribers: list[IpcConn] = []
         self.conns: set[IpcConn] = set()
         self.response_waiters: dict[str, Ticket] = {}
         self.handshakes_by_host: dict[str, int] = {}  # incoming handshakes in progress, by address
-        self.push_seq = 0  # numbers live pushes, so a leaving subscriber's unsent ones are known
         self.recent_inbound: OrderedDict[str, str] = OrderedDict()
         self.started_wall = time.time()
         self.started = trio.current_time()
@@ -113,6 +121,7 @@ class Node:
         peer.close_sessions(reason)
         if peer.scope is not None:
             peer.scope.cancel()
+        self.holding.discard(peer)
         for entry in peer.outbox.drain():
             self.undelivered(entry, agent_id, reason)
         return peer
@@ -242,53 +251,161 @@ class Node:
                 self.stats.inc("peers_stale")
                 self.remove_peer(peer.agent_id, "stale")
 
+    # -- the durable store -------------------------------------------------------------------------
+
+    def restore(self, loaded: Loaded) -> None:
+        """What the database held at start-up: unread items, the dedupe window, queued sends."""
+        now, now_ms = trio.current_time(), _now_ms()
+        self.local.last_seq = self.local.last_stored = loaded.last_seq
+        self.local.restore(_item(r) for r in loaded.unread)
+        self.stored_rows = loaded.stored
+        for sender, msg_id, _received in loaded.recent:
+            self.seen.add(sender, msg_id, now)
+            self._remember_inbound(msg_id, sender)
+        self.next_row = loaded.last_outbox_row
+        orphans: list[int] = []
+        for row in loaded.outbox:
+            peer = self._known_peer(row.peer)
+            if peer is None:
+                orphans.append(row.row)
+                continue
+            entry = peer.outbox.put(
+                row.msg_id,
+                row.wire,
+                urgent=row.urgent,
+                now=now,
+                deadline=now + (row.deadline - now_ms) / 1000,
+                force=True,
+            )
+            entry.row = row.row
+        if orphans:
+            self.db.submit(store.delete_outbox(orphans))
+        if loaded.outbox:
+            log.info(
+                "store: %d unread envelope(s), %d queued for peers",
+                self.local.unread_count,
+                len(loaded.outbox) - len(orphans),
+            )
+
+    def save_peers(self) -> None:
+        """Write the peer rows changed since the last call (in the background)."""
+        if self.store.dirty:
+            self.db.submit(store.save_peers(self.store.changes()), self._store_failed)
+
+    async def persist_peers(self) -> None:
+        """Write the changed peer rows and wait for the commit (handshake ``ts``, §4)."""
+        await self.db.call(store.save_peers(self.store.changes()))
+
+    def _store_failed(self, result: object) -> None:
+        if isinstance(result, BaseException):
+            self.stats.inc("store_errors")
+            log.error("store: %s", result)
+
+    def prune(self) -> None:
+        """Drop read items past their keeping time or count (PROTOCOL.md §8.1)."""
+
+        def done(result: int | BaseException) -> None:
+            if isinstance(result, BaseException):
+                self._store_failed(result)
+            elif result:
+                self.stored_rows -= result
+                self.stats.inc("inbox_pruned", result)
+
+        self.db.submit(
+            store.prune_inbox(
+                now_ms=_now_ms(),
+                keep_ms=int(max(self.config.keep_read, SEEN_WINDOW) * 1000),
+                keep_count=self.config.keep_read_count,
+            ),
+            done,
+        )
+
     # -- sending -----------------------------------------------------------------------------------
 
-    def route(self, env: Envelope, wire: bytes, ticket: Ticket) -> str:
-        """Queue an envelope for its peer; return ``sending`` or ``queued``."""
-        peer = self.peers.get(env.to)
+    def _known_peer(self, agent_id: str) -> Peer | None:
+        peer = self.peers.get(agent_id)
         if peer is None:
-            rec = self.store.get(env.to)
+            rec = self.store.get(agent_id)
             if rec is not None and rec.pubkey is not None:
-                # pinned in peers.json but dropped from the table (goodbye, stale): still known
+                # pinned but dropped from the table (goodbye, stale): still known
                 peer = self.add_peer(
-                    Peer(env.to, pubkey=rec.pubkey, host=rec.host, port=rec.port, source="cache")
+                    Peer(agent_id, pubkey=rec.pubkey, host=rec.host, port=rec.port, source="cache")
                 )
+        return peer
+
+    def route(
+        self,
+        env: Envelope,
+        wire: bytes,
+        ticket: Ticket,
+        done: Callable[[object], None] | None = None,
+    ) -> str:
+        """Queue an envelope for its peer and store it; return ``sending`` or ``queued``.
+
+        ``done(None or an exception)`` runs once the envelope is in the durable outbox: that is
+        when ``send`` may reply (PROTOCOL.md §7).
+        """
+        peer = self._known_peer(env.to)
         if peer is None:
             raise IpcError(
                 ipc.UNKNOWN_PEER,
                 f"no peer {env.to!r} is known: not discovered, not in config.toml [[peers]], "
-                "not in peers.json (see `acp peers`)",
+                "not pinned earlier (see `acp peers`)",
             )
+        now = trio.current_time()
         try:
-            peer.outbox.put(env.id, wire, urgent=env.urgent, now=trio.current_time(), origin=ticket)
+            entry = peer.outbox.put(env.id, wire, urgent=env.urgent, now=now, origin=ticket)
         except OutboxFull as exc:
             self.stats.inc("outbox_full")
             raise IpcError("outbox_full", f"{env.to}: {exc}; try again later") from None
+        self.next_row += 1
+        entry.row = self.next_row
+        deadline_ms = _now_ms() + int((entry.deadline - now) * 1000)
+        row = store.OutboxRow(entry.row, env.to, env.id, env.urgent, deadline_ms, wire)
+        self.db.submit(store.insert_outbox([row]), done)
         self.stats.inc("messages_accepted")
         peer.wake_writer()
         return "sending" if peer.connected else "queued"
 
-    def on_ack(self, peer: Peer, ack: Ack) -> None:
+    def acked(self, peer: Peer, ack: Ack) -> None:
+        """An ACK from ``peer`` for one of our envelopes (the Session calls this)."""
         entry = peer.outbox.ack(ack.id)
         if entry is None:
             self.stats.inc("acks_unmatched")
             return
         if ack.ok:
             self.stats.inc("acks_ok")
+            if entry.row:
+                self._drop_rows.append(entry.row)
+                if len(self._drop_rows) == 1:
+                    trio.lowlevel.current_trio_token().run_sync_soon(self._flush_drops)
             if isinstance(entry.origin, Ticket):
                 entry.origin.resolve({"acked": True})
+        elif ack.error == "inbox_full":
+            # Its inbox is full (for us): keep it, offer it again later (PROTOCOL.md §7).
+            self.stats.inc("acks_inbox_full")
+            peer.outbox.retry_later(entry, trio.current_time() + INBOX_FULL_RETRY)
+            self.holding.add(peer)
         else:
             self.stats.inc("acks_refused")
             log.warning("peer %s refused envelope %s: %s", peer.agent_id, ack.id, ack.error)
             self.undelivered(entry, peer.agent_id, ack.error or "refused")
 
+    def _flush_drops(self) -> None:
+        """Delete the rows of ACKed envelopes: one job for every ACK read in one go."""
+        rows, self._drop_rows = self._drop_rows, []
+        if rows:
+            self.db.submit(store.delete_outbox(rows), self._store_failed)
+
     def undelivered(self, entry: OutboxEntry, to: str, reason: str) -> None:
-        """Tell the sender (if still connected) and every subscriber that an envelope is lost."""
+        """Tell the sender (if still connected) and every subscriber that an envelope is lost,
+        and store that outcome as an inbox item (PROTOCOL.md §7, §8.1)."""
         self.stats.inc(f"undelivered.{reason}")
+        if entry.row:
+            self.db.submit(store.delete_outbox([entry.row]), self._store_failed)
         event = {"event": "undelivered", "msg_id": entry.id, "to": to, "reason": reason}
         ticket = entry.origin if isinstance(entry.origin, Ticket) else None
-        told: set[int] = set()
+        told = None
         if ticket is not None:
             ticket.resolve(
                 {"error": "undelivered", "message": f"{to} did not take {entry.id}: {reason}"}
@@ -296,10 +413,16 @@ class Node:
             self.response_waiters.pop(entry.id, None)
             if ticket.conn is not None and not ticket.conn.closed and not ticket.waiting:
                 ticket.conn.send(event)
-                told.add(id(ticket.conn))
-        for conn in self.subscribers:
-            if id(conn) not in told:
-                conn.send(event)
+                told = ticket.conn
+        item = self.local.add(
+            sender=None,
+            msg_id=entry.id,
+            kind=EVENT,
+            received=_now_ms(),
+            trust=None,
+            body=ipc.encode(event)[:-1],
+        )
+        self._store_item(item, lambda ok: None, skip=told)
 
     def expire(self) -> None:
         now = trio.current_time()
@@ -307,19 +430,40 @@ class Node:
         for peer in list(self.peers.values()):
             for entry in peer.outbox.expire(now):
                 self.undelivered(entry, peer.agent_id, "expired")
+        for peer in list(self.holding):
+            hold = peer.outbox.hold_until
+            if hold is None or hold <= now:
+                self.holding.discard(peer)
+                peer.wake_writer()
 
     # -- receiving ---------------------------------------------------------------------------------
 
-    def deliver_inbound(self, peer: Peer, env: Envelope, body: bytes) -> str | None:
-        """Hand an envelope to local clients; return None (ACK ok) or the ACK error code."""
+    def deliver(self, session: AckSink, peer: Peer, env: Envelope, body: bytes) -> None:
+        """Store an inbound envelope; ACK it ok once the store committed (PROTOCOL.md §7).
+
+        Decided here, at once: a copy of one already stored (ACKed after whatever is being
+        stored now, so never before the original), and a full inbox (ACK ``inbox_full``).
+        """
         now = trio.current_time()
         if self.seen.seen(env.from_, env.id, now):
             self.stats.inc("duplicates")
-            return None
+            self.db.submit(store.nothing, lambda _: session.send_ack(Ack(env.id, True)))
+            return
+        error = self.local.admit(env.from_)
+        if error is not None:
+            self.stats.inc("inbox_full")
+            if self.local.held_by(env.from_) >= self.local.per_sender:
+                why = f"{env.from_} holds its share ({self.local.per_sender}) of the inbox"
+            else:
+                why = f"the inbox holds {self.local.limit} unread envelopes"
+            log.info("inbox full: %s; %s is offered again later", why, env.id)
+            session.send_ack(Ack(env.id, False, error))
+            return
+        self.seen.add(env.from_, env.id, now)
         peer.last_seen = time.time()
         if b"\n" in body or b"\r" in body:  # keep the push on one line
             body = ipc.encode(env.to_dict())[:-1]
-        line = b'{"inbound":true,"envelope":' + body + b"}\n"
+        ticket = None
         if env.kind == "response" and env.reply_to is not None:
             ticket = self.response_waiters.get(env.reply_to)
             if ticket is not None and ticket.conn is not None and ticket.conn.eof:
@@ -327,59 +471,168 @@ class Node:
                 ticket = None
             if ticket is not None and ticket.to == env.from_:
                 del self.response_waiters[env.reply_to]
-                ticket.response = line
+            else:
+                ticket = None
+        item = self.local.add(
+            sender=env.from_,
+            msg_id=env.id,
+            kind=env.kind,
+            received=_now_ms(),
+            trust=self.trust_of(peer.agent_id),
+            body=body,
+            read=ticket is not None,  # the client waiting for this response reads it now
+        )
+
+        def stored(ok: bool) -> None:
+            if not ok:
+                self.seen.discard(env.from_, env.id)  # not stored: its resend is no copy
+                session.send_ack(Ack(env.id, False, "inbox_full"))
+                return
+            if ticket is not None:
+                ticket.response = item.push_line()
                 if ticket.done is not None:
                     ticket.done.set()
-                self.seen.add(env.from_, env.id, now)
-                self.stats.inc("messages_delivered")
-                return None
-        if self.subscribers:
-            self.push_seq += 1
-            for conn in list(self.subscribers):
-                conn.push_inbound(line, self.push_seq)
-                if conn.remaining is not None:
-                    conn.remaining -= 1
-                    if conn.remaining <= 0:  # it asked for no more
-                        self.subscribers.remove(conn)
-        elif not self.inbox.put(line):
-            self.stats.inc("inbox_full")
-            log.warning("inbox full (%d): refusing %s from %s", self.inbox.limit, env.id, env.from_)
-            return "inbox_full"
-        self.seen.add(env.from_, env.id, now)
-        self.recent_inbound[env.id] = env.from_
+            self._remember_inbound(env.id, env.from_)
+            self.stats.inc("messages_delivered")
+            session.send_ack(Ack(env.id, True))
+
+        self._store_item(item, stored)
+
+    def _store_item(
+        self, item: Item, then: Callable[[bool], None], skip: object | None = None
+    ) -> None:
+        """Insert an inbox item; once committed, push it to subscribers, then ``then(ok)``."""
+        row = store.InboxRow(
+            item.seq,
+            item.sender,
+            item.msg_id,
+            item.kind,
+            item.received,
+            item.trust,
+            item.body,
+            item.read,
+        )
+
+        def done(result: object) -> None:
+            if isinstance(result, BaseException):
+                self.local.failed(item)
+                self._store_failed(result)
+                then(False)
+                return
+            self.stored_rows += 1
+            keys = self.local.stored(item)
+            if keys:
+                line = item.push_line()
+                for conn in keys:
+                    if conn is not skip:
+                        conn.push_inbound(line, item.seq)  # type: ignore[attr-defined]
+            self._stored_event.set()
+            self._stored_event = trio.Event()
+            then(True)
+
+        self.db.submit(store.insert_inbox(row, item.received if item.read else None), done)
+
+    def _remember_inbound(self, msg_id: str, sender: str) -> None:
+        self.recent_inbound[msg_id] = sender
         if len(self.recent_inbound) > RECENT_INBOUND:
             self.recent_inbound.popitem(last=False)
-        self.stats.inc("messages_delivered")
-        return None
 
-    def subscribe(self, conn: IpcConn, count: int | None = None) -> None:
-        """Push the inbox, then every inbound envelope; with ``count``, only that many in all,
-        so a client that reads N and leaves (``acp listen --count N``) loses nothing."""
-        if conn in self.subscribers:
+    def trust_of(self, agent_id: str) -> str:
+        """The trust level of a peer's key (PROTOCOL.md §9): ``explicit`` if the user named it
+        (config.toml [[peers]], `acp trust`), else ``tofu``."""
+        rec = self.store.get(agent_id)
+        return "explicit" if rec is not None and rec.source in EXPLICIT_SOURCES else "tofu"
+
+    # -- local readers -----------------------------------------------------------------------------
+
+    async def stored_something(self) -> None:
+        """Return when the next item is stored."""
+        await self._stored_event.wait()
+
+    def subscribe(self, conn: Any, since: int | None = None, count: int | None = None) -> None:
+        """Push stored items to ``conn``: the unread ones (or, with ``since``, every one above
+        it), then each item as it is stored (PROTOCOL.md §8.1)."""
+        items, catch_up = self.local.subscribe(conn, since=since, count=count)
+        for item in items:
+            conn.push_inbound(item.push_line(), item.seq)
+        if catch_up:
+            self.catch_up(conn)
+
+    def catch_up(self, conn: Any) -> None:
+        """Hand a subscriber the next page of stored items above its cursor."""
+        cursor = self.local.cursor(conn)
+        if cursor is None:
             return
-        conn.remaining = count
-        conn.since_seq = self.push_seq + 1  # live pushes from here on reach it
-        lines = self.inbox.take_all() if count is None else self.inbox.take(count)
-        for line in lines:
-            conn.push_inbound(line, EXCLUSIVE)
-        if count is not None:
-            conn.remaining = count - len(lines)
-            if conn.remaining <= 0:
-                return
-        self.subscribers.append(conn)
+        conn.catching_up = False
 
-    def unsubscribe(self, conn: IpcConn, unsent: Iterable[tuple[int, bytes]] = ()) -> None:
-        """Forget a subscriber. Pushes it never received go back to the inbox (they were ACKed
-        already) unless every remaining subscriber got them too: a live push ``seq`` reached the
-        subscribers whose ``since_seq <= seq``; an inbox line (EXCLUSIVE) reached only this one."""
-        if conn in self.subscribers:
-            self.subscribers.remove(conn)
-        covered_below = min((c.since_seq for c in self.subscribers), default=None)
-        back = [
-            line
-            for seq, line in unsent
-            if seq == EXCLUSIVE or covered_below is None or seq < covered_below
-        ]
-        if back:
-            self.inbox.put_back(back)
-            self.stats.inc("pushes_returned_to_inbox", len(back))
+        def page(rows: list[store.InboxRow] | BaseException) -> None:
+            if isinstance(rows, BaseException):
+                self._store_failed(rows)
+                self.local.unsubscribe(conn)
+                conn.send(ipc.error_reply("store_failed", f"cannot read the inbox: {rows}"))
+                return
+            items, more = self.local.caught_up(
+                conn, [_item(r) for r in rows], full=len(rows) >= PAGE
+            )
+            for item in items:
+                conn.push_inbound(item.push_line(), item.seq)
+            if more:
+                if getattr(conn, "backlogged", False):
+                    conn.catching_up = True  # its writer calls catch_up when it drained
+                else:
+                    self.catch_up(conn)
+
+        self.db.submit(store.read_inbox(since=cursor, limit=PAGE, kinds=None, senders=None), page)
+
+    def unsubscribe(self, conn: Any) -> None:
+        self.local.unsubscribe(conn)
+
+    async def read_inbox(
+        self,
+        *,
+        unread: bool,
+        since: int,
+        limit: int,
+        kinds: list[str] | None,
+        senders: list[str] | None,
+    ) -> list[Item]:
+        if unread:
+            return self.local.unread(since=since, limit=limit, kinds=kinds, senders=senders)
+        rows = await self.db.call(
+            store.read_inbox(since=since, limit=limit, kinds=kinds, senders=senders)
+        )
+        return [_item(r) for r in rows]
+
+    def ack(
+        self,
+        ids: list[str] | None,
+        up_to: int | None,
+        done: Callable[[int | BaseException], None],
+    ) -> None:
+        """Mark items read; ``done(how many changed)`` once that is stored."""
+        seqs = self.local.ack_ids(ids) if ids is not None else self.local.ack_up_to(up_to or 0)
+        if not seqs:
+            self.db.submit(store.nothing, lambda _: done(0))
+            return
+        self.stats.inc("inbox_acked", len(seqs))
+
+        def stored(result: object) -> None:
+            done(result if isinstance(result, BaseException) else len(seqs))
+
+        self.db.submit(store.mark_read(seqs, _now_ms()), stored)
+
+
+EXPLICIT_SOURCES = ("static", "manual")
+INBOX_FULL_RETRY = 5.0  # seconds before envelopes refused with inbox_full are offered again
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _item(r: store.InboxRow) -> Item:
+    return Item(r.seq, r.sender, r.msg_id, r.kind, r.received, r.trust, r.body, r.read)
+
+
+class AckSink(Protocol):
+    def send_ack(self, ack: Ack) -> None: ...

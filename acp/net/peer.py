@@ -16,14 +16,14 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 
 from acp.errors import EnvelopeError, ProtocolError
-from acp.model import Ack, encode_key, fingerprint
+from acp.model import Ack, Envelope, encode_key, fingerprint
 from acp.proto import envelope as envelope_mod
 from acp.proto import session as frames
 from acp.proto.delivery import Outbox
@@ -31,7 +31,27 @@ from acp.proto.framing import FrameDecoder
 from acp.proto.noise import TransportKeys
 
 if TYPE_CHECKING:
-    from acp.net.node import Node
+    from acp.net.stats import Stats
+
+
+class SessionHost(Protocol):
+    """What a session needs of the daemon: where envelopes and ACKs go, and its counters."""
+
+    @property
+    def agent_id(self) -> str: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def peers(self) -> Mapping[str, Peer]: ...
+
+    def deliver(self, session: Session, peer: Peer, env: Envelope, body: bytes) -> None:
+        """Store an inbound envelope; the host calls ``session.send_ack`` when decided."""
+
+    def acked(self, peer: Peer, ack: Ack) -> None:
+        """The peer ACKed (or refused) one of our envelopes."""
+
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +101,7 @@ def _frame(keys: TransportKeys, plaintext: bytes) -> bytes:
 class Session:
     """An established Noise session with one peer over one TCP stream."""
 
-    node: Node
+    node: SessionHost
     peer: Peer
     stream: trio.abc.Stream
     keys: TransportKeys
@@ -112,6 +132,16 @@ class Session:
             # A peer that sends but never reads would grow this for ever (ACKs and PONGs owed).
             raise ProtocolError(f"peer does not read: {CONTROL_LIMIT} ACK/PONG frames owed")
         self.control.append(plaintext)
+        self.wake.set()
+
+    def send_ack(self, ack: Ack) -> None:
+        """Queue an ACK decided after the fact (once the store committed); never raises."""
+        if self.end_reason:
+            return  # the session is over: the peer resends, and gets this ACK for the copy
+        if len(self.control) >= CONTROL_LIMIT:
+            self.close("peer does not read", bye=f"{CONTROL_LIMIT} ACK/PONG frames owed")
+            return
+        self.control.append(frames.encode_ack(ack))
         self.wake.set()
 
     def _still_known(self) -> bool:
@@ -194,7 +224,7 @@ class Session:
             while control:
                 chunks.append(_frame(keys, control.popleft()))
             if self.confirmed and self.peer.active is self:
-                batch = outbox.take_batch(BATCH_BYTES)
+                batch = outbox.take_batch(BATCH_BYTES, trio.current_time())
                 for entry in batch:
                     chunks.append(_frame(keys, b"\x01" + entry.wire))
                 if batch:
@@ -247,7 +277,7 @@ class Session:
         if isinstance(frame, frames.EnvelopeFrame):
             self._on_envelope(frame.body)
         elif isinstance(frame, frames.AckFrame):
-            self.node.on_ack(self.peer, frame.ack)
+            self.node.acked(self.peer, frame.ack)
         elif isinstance(frame, frames.Ping):
             self.queue_control(frames.encode_pong(frame.data))
         elif isinstance(frame, frames.Pong):
@@ -273,8 +303,7 @@ class Session:
             )
             self.queue_control(frames.encode_ack(Ack(exc.envelope_id, False, exc.code)))
             return
-        error = node.deliver_inbound(self.peer, env, body)
-        self.queue_control(frames.encode_ack(Ack(env.id, error is None, error)))
+        node.deliver(self, self.peer, env, body)
 
 
 @attrs.define(eq=False)

@@ -40,6 +40,7 @@ class PeerManager:
         node = self.node
         for sp in node.config.peers:
             node.store.pin(sp.agent_id, sp.pubkey)  # config is the user's word: it re-pins
+            node.store.update(sp.agent_id, source="static")
             node.add_peer(
                 Peer(sp.agent_id, pubkey=sp.pubkey, host=sp.host, port=sp.port, source="static")
             )

@@ -5,19 +5,15 @@ Nothing here reads a clock: every method that cares about time takes ``now`` (se
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict, deque
-from collections.abc import Iterable
-from typing import Generic, TypeVar
 
 import attrs
 
 OUTBOX_TTL = 300.0  # seconds an un-ACKed envelope is kept
 OUTBOX_LIMIT = 1000  # un-ACKed envelopes kept per peer
-INBOX_LIMIT = 1000  # envelopes kept for a client that is not subscribed
 SEEN_WINDOW = 600.0  # seconds a (from, id) pair is remembered
 SEEN_LIMIT = 16384  # ids remembered per sender at most (two generations of half that)
-
-T = TypeVar("T")
 
 
 @attrs.define(eq=False)
@@ -30,6 +26,7 @@ class OutboxEntry:
     deadline: float
     seq: int = 0
     origin: object = None
+    row: int = 0  # its row in the durable outbox (0: not stored)
 
 
 class OutboxFull(Exception):
@@ -47,6 +44,7 @@ class Outbox:
         self.limit = limit
         self.ttl = ttl
         self._seq = 0
+        self.hold_until: float | None = None  # the peer's inbox was full: send nothing before
         self._clear()
 
     def _clear(self) -> None:
@@ -66,12 +64,24 @@ class Outbox:
         return len(self) - len(self._inflight)
 
     def put(
-        self, env_id: str, wire: bytes, *, urgent: bool, now: float, origin: object = None
+        self,
+        env_id: str,
+        wire: bytes,
+        *,
+        urgent: bool,
+        now: float,
+        origin: object = None,
+        deadline: float | None = None,
+        force: bool = False,
     ) -> OutboxEntry:
-        if len(self) >= self.limit:
+        """Queue an envelope; ``deadline`` (default now + ttl) for one read back after a restart,
+        which ``force`` admits past the bound (it was accepted once already)."""
+        if len(self) >= self.limit and not force:
             raise OutboxFull(f"outbox holds {self.limit} un-ACKed envelopes already")
         self._seq += 1
-        entry = OutboxEntry(env_id, wire, urgent, now + self.ttl, self._seq, origin)
+        if deadline is None:
+            deadline = now + self.ttl
+        entry = OutboxEntry(env_id, wire, urgent, deadline, self._seq, origin)
         (self._urgent if urgent else self._normal).append(entry)
         self._by_id.setdefault(env_id, []).append(entry)
         self._count += 1
@@ -95,9 +105,14 @@ class Outbox:
                 return entry
         return None
 
-    def take_batch(self, max_bytes: int) -> list[OutboxEntry]:
-        """Several entries at once (at least one if any), up to about ``max_bytes`` of wire."""
+    def take_batch(self, max_bytes: int, now: float | None = None) -> list[OutboxEntry]:
+        """Several entries at once (at least one if any), up to about ``max_bytes`` of wire;
+        none while the peer asked us to hold off (``now`` before ``hold_until``)."""
         batch: list[OutboxEntry] = []
+        if self.hold_until is not None:
+            if now is not None and now < self.hold_until:
+                return batch
+            self.hold_until = None
         size = 0
         while size < max_bytes and (entry := self.next_to_send()) is not None:
             batch.append(entry)
@@ -118,6 +133,16 @@ class Outbox:
                 self._count -= 1
                 return entry
         return None
+
+    def retry_later(self, entry: OutboxEntry, until: float) -> None:
+        """Take back an entry the peer refused for now (``inbox_full``, ACKed away already):
+        it goes back in front, in the order first queued, and nothing is sent before ``until``."""
+        self._by_id.setdefault(entry.id, []).append(entry)
+        self._count += 1
+        queue = list(self._resend)
+        bisect.insort(queue, entry, key=lambda e: e.seq)
+        self._resend = deque(queue)
+        self.hold_until = until if self.hold_until is None else max(self.hold_until, until)
 
     def session_lost(self) -> None:
         """Put everything in flight back in front, in the order it was first sent."""
@@ -206,6 +231,14 @@ class SeenWindow:
         gens.rotate(now, self.window, self.limit)
         gens.current.add(hash(env_id))
 
+    def discard(self, sender: str, env_id: str) -> None:
+        """Forget an id (it could not be stored after all: a resend must not count as a copy)."""
+        gens = self._senders.get(sender)
+        if gens is not None:
+            h = hash(env_id)
+            gens.current.discard(h)
+            gens.previous.discard(h)
+
     def check_and_add(self, sender: str, env_id: str, now: float) -> bool:
         """True if already remembered (a duplicate); remembers it otherwise."""
         if self.seen(sender, env_id, now):
@@ -234,41 +267,3 @@ class _Generations:
             self.previous = self.current if age < 2 * window else set()
             self.current = set()
             self.started = now
-
-
-class Inbox(Generic[T]):
-    """Envelopes that arrived while no client was subscribed; oldest first, bounded."""
-
-    def __init__(self, *, limit: int = INBOX_LIMIT) -> None:
-        self.limit = limit
-        self._items: deque[T] = deque()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def full(self) -> bool:
-        return len(self._items) >= self.limit
-
-    def put(self, item: T) -> bool:
-        """Add at the back; False (nothing added) if full: the sender gets ``inbox_full``."""
-        if self.full():
-            return False
-        self._items.append(item)
-        return True
-
-    def put_back(self, items: Iterable[T]) -> None:
-        """Return items a slow subscriber never received to the front, keeping their order.
-
-        They were ACKed already, so they are kept even past the bound.
-        """
-        self._items.extendleft(reversed(list(items)))
-
-    def take(self, n: int) -> list[T]:
-        """Remove and return up to ``n`` items, oldest first."""
-        items = self._items
-        return [items.popleft() for _ in range(min(n, len(items)))]
-
-    def take_all(self) -> list[T]:
-        items = list(self._items)
-        self._items.clear()
-        return items

@@ -31,6 +31,14 @@ TIMEOUT = "timeout"
 WAIT_MODES = ("accepted", "acked", "response")
 DEFAULT_WAIT_TIMEOUT = 30.0
 MAX_WAIT_TIMEOUT = 3600.0
+DEFAULT_INBOX_LIMIT = 100  # items one `inbox` reply holds by default (PROTOCOL.md §8.1)
+MAX_INBOX_LIMIT = 1000
+STORE_FAILED = "store_failed"
+
+
+def _is_str_list(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v) and len(v) <= 10_000
+
 
 # cmd -> {field: (required, type-check, description for the error message)}
 _FIELDS: dict[str, dict[str, tuple[bool, Any, str]]] = {
@@ -60,6 +68,23 @@ _FIELDS: dict[str, dict[str, tuple[bool, Any, str]]] = {
     "id": {},
     "subscribe": {
         "count": (False, lambda v: _is_int(v) and v >= 1, "a positive integer (pushes, then stop)"),
+        "since": (False, lambda v: _is_int(v) and v >= 0, "a seq (an integer >= 0)"),
+    },
+    "inbox": {
+        "unread": (False, lambda v: isinstance(v, bool), "true or false"),
+        "since": (False, lambda v: _is_int(v) and v >= 0, "a seq (an integer >= 0)"),
+        "limit": (False, lambda v: _is_int(v) and 1 <= v <= MAX_INBOX_LIMIT, "1..1000"),
+        "kinds": (False, _is_str_list, "a list of kinds"),
+        "from": (False, _is_str_list, "a list of agent_ids"),
+        "wait": (
+            False,
+            lambda v: _is_number(v) and 0 <= v <= MAX_WAIT_TIMEOUT,
+            "seconds, 0 <= t <= 3600",
+        ),
+    },
+    "ack": {
+        "ids": (False, _is_str_list, "a list of envelope ids"),
+        "up_to": (False, lambda v: _is_int(v) and v >= 0, "a seq (an integer >= 0)"),
     },
     "trust": {
         "agent_id": (True, is_agent_id, "an agent_id"),
@@ -112,6 +137,10 @@ def parse_request(line: bytes) -> Request:
             continue
         if not check(obj[name]):
             raise IpcError(BAD_REQUEST, f"{cmd}: {name!r} must be {what}", req=req)
+    if cmd == "ack" and ("ids" in obj) == ("up_to" in obj):
+        raise IpcError(
+            BAD_REQUEST, 'ack needs "ids" (a list) or "up_to" (a seq), not both', req=req
+        )
     args = {k: v for k, v in obj.items() if k not in ("cmd", "req")}
     return Request(cmd=cmd, args=args, req=req)
 

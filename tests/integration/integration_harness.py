@@ -71,6 +71,19 @@ def no_traceback(text: str) -> bool:
     return "Traceback" not in text and "Exception Group" not in text
 
 
+def toml_value(value: Any) -> str:
+    """A Python bool, number, string or list of them as a TOML value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string for anything printable
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
 # -- one daemon ---------------------------------------------------------------------------------
 
 
@@ -98,6 +111,7 @@ class Daemon:
             f.write(base64.b64encode(self.private_key).decode() + "\n")
         self.peers: list[tuple[str, str, str]] = []  # (agent_id, "host:port", pubkey)
         self.config_text: str | bytes | None = None  # written as is instead of the generated one
+        self.settings: dict[str, Any] = {}  # more top-level config.toml keys, e.g. inbox_limit
         self.log_path = root / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.children: list[subprocess.Popen[str]] = []  # background CLI runs
@@ -134,6 +148,7 @@ class Daemon:
                 'listen = ["127.0.0.1"]',
                 f'trust = "{self.trust}"',
             ]
+            lines += [f"{key} = {toml_value(value)}" for key, value in self.settings.items()]
             for agent_id, addr, pubkey in self.peers:
                 lines += [
                     "",
@@ -216,6 +231,19 @@ class Daemon:
             self.proc.kill()
             self.proc.wait(STOP_TIMEOUT)
 
+    def restart(self, sig: int = signal.SIGKILL, *, wait: bool = True) -> None:
+        """Stop with ``sig`` and start again on the same ACP_HOME and port.
+
+        SIGKILL is a crash (no cleanup, no BYE; acp.sock stays behind); any other signal must
+        end the daemon cleanly, with exit code 0.
+        """
+        if sig == signal.SIGKILL:
+            self.kill()
+        else:
+            code = self.stop(sig)
+            assert code == 0, f"{self} exited with {code} on signal {sig}:\n{self.log_text()}"
+        self.start(wait=wait)
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -230,6 +258,44 @@ class Daemon:
     def request(self, cmd: str, **args: Any) -> dict[str, Any]:
         with self.client() as c:
             return c.request(cmd, read_timeout=10, **args)
+
+    def call(self, cmd: str, *, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
+        """``request`` with a longer deadline (``timeout`` s) for the reply."""
+        with self.client() as c:
+            return c.request(cmd, read_timeout=timeout, **args)
+
+    def inbox(self, **args: Any) -> dict[str, Any]:
+        """One ``inbox`` request (PROTOCOL.md §8.1); its ``wait`` is added to the deadline."""
+        return self.call("inbox", timeout=30.0 + float(args.get("wait", 0)), **args)
+
+    def inbox_all(
+        self, *, unread: bool = True, page: int = 1000, **filters: Any
+    ) -> list[dict[str, Any]]:
+        """Every inbox item (oldest first), read page by page with ``since``: nothing consumed.
+
+        ``filters`` are more ``inbox`` fields (``kinds``, or ``**{"from": [...]}``). Checks that
+        ``next`` is the highest ``seq`` of each page and that ``seq`` rises from page to page.
+        """
+        items: list[dict[str, Any]] = []
+        since: int | None = None
+        for _ in range(10_000):
+            args: dict[str, Any] = {"unread": unread, "limit": page, **filters}
+            if since is not None:
+                args["since"] = since
+            reply = self.inbox(**args)
+            batch: list[dict[str, Any]] = reply["messages"]
+            if not batch:
+                if since is not None:
+                    assert reply["next"] == since, f"an empty page moved next: {reply}"
+                return items
+            assert len(batch) <= page, f"{len(batch)} items with limit {page}"
+            seqs = [item["seq"] for item in batch]
+            assert seqs == sorted(set(seqs)), f"seq does not rise within a page: {seqs}"
+            assert since is None or seqs[0] > since, f"seq {seqs[0]} after since={since}"
+            assert reply["next"] == seqs[-1], f"next {reply['next']} is not the last seq {seqs[-1]}"
+            items += batch
+            since = reply["next"]
+        raise AssertionError("inbox paging did not end")
 
     def status(self) -> dict[str, Any]:
         return self.request("status")
@@ -297,20 +363,27 @@ class Daemon:
         self.children.append(proc)
         return proc
 
-    def subscribe(self) -> Subscriber:
-        return Subscriber(self.socket_path)
+    def subscribe(self, *, since: int | None = None) -> Subscriber:
+        return Subscriber(self.socket_path, since=since)
 
 
 class Subscriber:
-    """A raw IPC connection that subscribed: every read has a deadline."""
+    """A raw IPC connection that subscribed: every read has a deadline.
 
-    def __init__(self, path: Path) -> None:
+    ``since``: subscribe from that ``seq`` on (PROTOCOL.md §8.1) rather than from the unread ones.
+    """
+
+    def __init__(self, path: Path, *, since: int | None = None) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(5)
         self.sock.connect(str(path))
         self.buf = b""
         self.events: list[dict[str, Any]] = []
-        self.sock.sendall(b'{"cmd":"subscribe","req":"sub"}\n')
+        if since is None:
+            self.sock.sendall(b'{"cmd":"subscribe","req":"sub"}\n')
+        else:
+            line = json.dumps({"cmd": "subscribe", "req": "sub", "since": since})
+            self.sock.sendall(line.encode() + b"\n")
         reply = self._line(time.monotonic() + 5)
         assert reply is not None and reply.get("ok") is True and reply.get("req") == "sub", reply
 
@@ -351,6 +424,75 @@ class Subscriber:
             out.append(env)
         return out
 
+    def next_push(self, timeout: float = 10.0) -> dict[str, Any] | None:
+        """The next inbound push as a whole (``seq``, ``envelope``, ``trust``), or None.
+
+        Fails if the push has no integer ``seq`` (PROTOCOL.md §8.1).
+        """
+        deadline = time.monotonic() + timeout
+        while (obj := self._line(deadline)) is not None:
+            if obj.get("inbound"):
+                seq = obj.get("seq")
+                assert isinstance(seq, int) and not isinstance(seq, bool), f"no seq: {obj}"
+                return obj
+            self.events.append(obj)
+        return None
+
+    def collect_pushes(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Exactly the next ``n`` inbound pushes, whole, all within ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        out: list[dict[str, Any]] = []
+        for _ in range(n):
+            push = self.next_push(max(0.0, deadline - time.monotonic()))
+            assert push is not None, (
+                f"only {len(out)} of {n} pushes within {timeout:g} s: "
+                f"{[(p['seq'], p['envelope'].get('id')) for p in out]}"
+            )
+            out.append(push)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class IpcLine:
+    """A raw IPC connection for requests whose reply may take long (``inbox`` with ``wait``).
+
+    ``send`` writes one request without waiting; ``reply`` reads until the reply with that ``req``
+    (pushes and events are kept in ``events``). Every read has a deadline.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(5)
+        self.sock.connect(str(path))
+        self.buf = b""
+        self.events: list[dict[str, Any]] = []
+
+    def send(self, obj: dict[str, Any]) -> None:
+        self.sock.sendall(json.dumps(obj).encode() + b"\n")
+
+    def reply(self, req: Any, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" not in self.buf:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no reply to req {req!r} within {timeout:g} s")
+                self.sock.settimeout(remaining)
+                try:
+                    data = self.sock.recv(1 << 20)
+                except TimeoutError:
+                    continue
+                if not data:
+                    raise AssertionError("the daemon closed the IPC connection")
+                self.buf += data
+            line, _, self.buf = self.buf.partition(b"\n")
+            obj: dict[str, Any] = json.loads(line)
+            if obj.get("req") == req and "ok" in obj:
+                return obj
+            self.events.append(obj)
+
     def close(self) -> None:
         self.sock.close()
 
@@ -389,8 +531,8 @@ class Fleet:
         for d in daemons:
             d.wait_ready()
 
-    def subscribe(self, d: Daemon) -> Subscriber:
-        sub = d.subscribe()
+    def subscribe(self, d: Daemon, *, since: int | None = None) -> Subscriber:
+        sub = d.subscribe(since=since)
         self.subscribers.append(sub)
         return sub
 

@@ -167,14 +167,15 @@ def test_messages_queued_for_a_killed_peer_arrive_once_in_order(fleet: Fleet) ->
     assert sender.status()["queued"] == n
 
     receiver.start()  # same ACP_HOME, same port
-    heard = receiver.run_cli("listen", "--count", str(n), timeout=30, check=0)
+    heard = receiver.run_cli("listen", "--count", str(n + 1), timeout=30, check=0)
     got = _json_lines(heard.stdout)
-    assert [e["payload"]["data"] for e in got] == list(range(n))
-    assert [e["id"] for e in got] == ids
+    # "before" was ACKed, so it was stored: it survived the SIGKILL, unread, ahead of the rest
+    assert [e["payload"]["data"] for e in got] == ["before", *range(n)]
+    assert [e["id"] for e in got[1:]] == ids
     wait_for(lambda: sender.status()["queued"] == 0, timeout=10, what="every ACK at the sender")
     st = receiver.status()
     assert st["messages_received"] == n  # since the restart: the "before" one is not resent
-    assert st["inbox"] == 0
+    wait_for(lambda: receiver.status()["unread"] == 0, timeout=10, what="listen's acks")
 
     # nothing trails behind: the next message is the next thing a subscriber sees
     sub = fleet.subscribe(receiver)

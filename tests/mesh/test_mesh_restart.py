@@ -136,13 +136,11 @@ async def test_a_session_change_wakes_discovery_after_peers_were_added(tmp_path)
     from acp.identity import load_identity
     from acp.net.node import Node
     from acp.net.peer import Peer
-    from acp.store import PeerStore
+    from acp.store import Database
 
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
-    node = Node(
-        Config(home=home, agent_id="alpha"), load_identity(home), PeerStore(home / "p.json")
-    )
+    node = Node(Config(home=home, agent_id="alpha"), load_identity(home), Database(home / "a.db"))
     woke = trio.Event()
 
     async def watcher() -> None:  # as Discovery._watch_sessions

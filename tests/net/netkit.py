@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import random
+import sqlite3
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -32,7 +33,7 @@ from acp.proto import handshake as hs
 from acp.proto import session as frames
 from acp.proto.framing import FrameDecoder, encode_frame
 from acp.proto.noise import Initiator, Responder, TransportKeys, public_key
-from acp.store import PeerStore
+from acp.store import Database, Loaded, PeerRecord, _Job
 
 Addr = tuple[str, int]
 Stream = trio.StapledStream[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]
@@ -45,12 +46,48 @@ ADDR: dict[str, Addr] = {
 }
 
 
+class InlineDatabase(Database):
+    """The store without its thread, for tests on the autojump clock (which would jump while a
+    thread commits): each job runs at once on the trio thread, in a transaction of its own, and
+    its callback runs soon after, in submission order, as the real store's do."""
+
+    def submit(self, fn: Any, done: Any = None) -> None:
+        result = self._run_batch([_Job(fn, done)])[0]
+        if done is not None:
+            trio.lowlevel.current_trio_token().run_sync_soon(done, result)
+
+    def load_now(self) -> Loaded:
+        result = self._run_batch([_Job(lambda conn: self._load(conn, None), None)])[0]
+        if isinstance(result, BaseException):
+            raise result
+        loaded: Loaded = result
+        return loaded
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def stored_peer(node: Node, agent_id: str) -> PeerRecord | None:
+    """The peer's row as it is on disk, read with a connection of our own."""
+    conn = sqlite3.connect(node.db.path)
+    try:
+        row = conn.execute("SELECT record FROM peers WHERE agent_id = ?", (agent_id,)).fetchone()
+    finally:
+        conn.close()
+    return PeerRecord.from_json(json.loads(row[0]), agent_id) if row else None
+
+
 def make_node(tmp_path: Path, agent_id: str, **settings: Any) -> Node:
-    """A Node as the daemon builds it, with its own ACP_HOME under ``tmp_path``."""
+    """A Node as the daemon builds it, with its own ACP_HOME (and database) under ``tmp_path``."""
     home = tmp_path / agent_id
     home.mkdir(parents=True, exist_ok=True)
     config = Config.from_toml(settings, home=home, agent_id=agent_id)
-    node = Node(config, Identity.from_private(os.urandom(32)), PeerStore(home / "peers.json"))
+    db = InlineDatabase(home / "acp.db")
+    loaded = db.load_now()
+    node = Node(config, Identity.from_private(os.urandom(32)), db, loaded.peers)
+    node.restore(loaded)
     node.port = ADDR[agent_id][1]
     return node
 
@@ -166,7 +203,12 @@ class FakeConn:
 
     def push_inbound(self, line: bytes, seq: int = 0) -> None:
         assert line.endswith(b"\n") and line.count(b"\n") == 1
-        self.inbound.append(json.loads(line))
+        obj = json.loads(line)
+        assert obj["seq"] == seq
+        if "event" in obj:  # a stored event (an undelivered send): a line like the ones sent
+            self.sent.append(obj)
+        else:
+            self.inbound.append(obj)
 
     def inbound_ids(self) -> list[str]:
         return [push["envelope"]["id"] for push in self.inbound]

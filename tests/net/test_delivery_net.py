@@ -55,10 +55,12 @@ async def test_queued_envelope_expires_at_300s(
 
     await trio.sleep_until(t0 + OUTBOX_TTL - 0.001)
     alpha.expire()
+    await trio.testing.wait_all_tasks_blocked()  # events are pushed once stored
     assert undelivered(sender) == [] and len(alpha.peers["beta"].outbox) == 3
 
     await trio.sleep_until(t0 + 300)
     alpha.expire()
+    await trio.testing.wait_all_tasks_blocked()  # events are pushed once stored
     assert undelivered(sender) == [("m1", "beta", "expired"), ("m2", "beta", "expired")]
     assert undelivered(watcher) == [("m1", "beta", "expired"), ("m2", "beta", "expired")]
     assert undelivered(gone) == []
@@ -67,6 +69,7 @@ async def test_queued_envelope_expires_at_300s(
 
     await trio.sleep_until(t0 + 301)
     alpha.expire()
+    await trio.testing.wait_all_tasks_blocked()  # events are pushed once stored
     assert undelivered(watcher)[-1] == ("m3", "beta", "expired")
     assert len(alpha.peers["beta"].outbox) == 0
     assert sender.sent[-1] == {
@@ -227,10 +230,11 @@ async def test_resend_order_after_the_drop_is_the_order_first_sent(
     assert beta.stats["duplicates"] == 0 and len(at_alpha.outbox) == 0
 
 
-async def test_full_inbox_refuses_with_inbox_full(
+async def test_full_inbox_refuses_and_the_sender_offers_it_again(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, net: FakeNet, nursery: trio.Nursery
 ) -> None:
-    alpha, beta = make_node(tmp_path, "alpha"), make_node(tmp_path, "beta", inbox_limit=2)
+    alpha = make_node(tmp_path, "alpha")
+    beta = make_node(tmp_path, "beta", inbox_limit=2, inbox_per_sender=2)
     at_alpha, _ = know_each_other(alpha, beta)
     net.listen(beta)
     await connect(nursery, alpha, beta)
@@ -240,17 +244,22 @@ async def test_full_inbox_refuses_with_inbox_full(
         send(alpha, "beta", env_id, sender)
     await settle()
 
-    assert len(beta.inbox) == 2 and beta.stats["inbox_full"] == 1  # nobody subscribed at beta
-    assert undelivered(sender) == [("m3", "beta", "inbox_full")]
-    assert undelivered(watcher) == [("m3", "beta", "inbox_full")]
-    assert len(at_alpha.outbox) == 0
-    assert alpha.stats["acks_ok"] == 2 and alpha.stats["acks_refused"] == 1
+    assert beta.local.unread_count == 2 and beta.stats["inbox_full"] == 1
+    assert undelivered(sender) == [] and undelivered(watcher) == []  # kept, not lost
+    assert len(at_alpha.outbox) == 1 and at_alpha.outbox.hold_until is not None
+    assert alpha.stats["acks_ok"] == 2 and alpha.stats["acks_inbox_full"] == 1
 
-    # a subscriber drains the inbox, oldest first; m3 was never accepted, so it is not there
+    # a client reads and acks; m3 was never stored, so it is not there yet
     client = FakeConn()
     beta.subscribe(client)
     assert client.inbound_ids() == ["m1", "m2"]
-    # and a resend of m3 now goes through: refused means not seen
-    send(alpha, "beta", "m3", sender)
+    beta.ack(None, 2, lambda n: None)
+    await trio.sleep(4)
+    alpha.expire()
+    await settle()
+    assert client.inbound_ids() == ["m1", "m2"]  # held for 5 s after the refusal
+    await trio.sleep(1.5)
+    alpha.expire()  # the daemon's once-a-second sweep: the hold is over
     await settle()
     assert client.inbound_ids() == ["m1", "m2", "m3"]
+    assert len(at_alpha.outbox) == 0

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
-from netkit import ADDR, FakeNet, Link, MidRng, RawPeer, know, make_node, settle
+from netkit import ADDR, FakeNet, Link, MidRng, RawPeer, know, make_node, settle, stored_peer
 
 from acp.net import handshake, listener
 from acp.net.node import Node
@@ -17,7 +16,6 @@ from acp.net.peer import BACKOFF, CONNECTING
 from acp.net.peers import PeerManager
 from acp.proto import handshake as hs
 from acp.proto import session as frames
-from acp.store import PeerStore
 
 CLIENT = ("198.51.100.1", 40000)
 
@@ -157,7 +155,7 @@ async def test_replayed_message_1_is_refused(
         assert refused.value.reason == hs.REPLAY
 
     assert beta.peers["alpha"].active is session  # the live session never noticed
-    on_disk = PeerStore.load(beta.config.home).get("alpha")
+    on_disk = stored_peer(beta, "alpha")
     assert on_disk is not None and on_disk.ts_accepted == 1000 and on_disk.pubkey == raw.public_key
 
     # a higher ts is a new handshake, not a replay
@@ -223,7 +221,7 @@ async def test_tofu_pins_the_key_of_a_new_agent(
     peer = beta.peers["carol"]
     assert peer.pubkey == carol.public_key and peer.source == "incoming"
     assert (peer.host, peer.port) == (CLIENT[0], 7103)  # source address, announced port
-    on_disk = PeerStore.load(beta.config.home).get("carol")
+    on_disk = stored_peer(beta, "carol")
     assert on_disk is not None
     assert (on_disk.pubkey, on_disk.ts_accepted) == (carol.public_key, 5)
     assert (on_disk.host, on_disk.port) == (CLIENT[0], 7103)
@@ -253,7 +251,8 @@ async def test_initiator_refuses_a_responder_with_another_agent_id(
     with pytest.raises(hs.Refused) as refused:
         await handshake.dial(alpha, peer, *ADDR["beta"])
     assert refused.value.reason == hs.WRONG_PEER
-    assert json.loads(alpha.store.path.read_text())["peers"]["beta"]["ts_sent"] > 0
+    rec = stored_peer(alpha, "beta")
+    assert rec is not None and rec.ts_sent is not None and rec.ts_sent > 0
 
 
 async def test_one_address_cannot_take_every_handshake_slot(

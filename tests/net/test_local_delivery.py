@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio.testing
 from netkit import FakeConn, make_node, notify
 
 from acp.errors import ProtocolError
+from acp.model import Ack
 from acp.net.ipc_server import MAX_BACKLOG, IpcConn
-from acp.net.node import EXCLUSIVE, Ticket
+from acp.net.node import Node, Ticket
 from acp.net.peer import CONTROL_LIMIT, Peer, Session
 from acp.proto import envelope as envelope_mod
 from acp.proto.delivery import Outbox
@@ -20,68 +22,90 @@ from acp.proto.framing import FrameDecoder
 from acp.proto.noise import CipherState, TransportKeys
 
 
-def arrive(node, peer: Peer, env_id: str, **extra) -> str | None:  # type: ignore[no-untyped-def]
+class Sink:
+    """Stands in for the session: collects the ACKs the node decides."""
+
+    def __init__(self) -> None:
+        self.acks: list[Ack] = []
+
+    def send_ack(self, ack: Ack) -> None:
+        self.acks.append(ack)
+
+
+async def arrive(node: Node, peer: Peer, env_id: str, sink: Sink | None = None, **extra: Any) -> Ack:
+    """Deliver one envelope from ``peer`` and return the ACK it got once the store committed."""
+    sink = sink or Sink()
     body = json.dumps(notify(peer.agent_id, node.agent_id, env_id, **extra)).encode()
-    return node.deliver_inbound(peer, envelope_mod.parse(body), body)
+    node.deliver(sink, peer, envelope_mod.parse(body), body)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(sink.acks) == 1, sink.acks
+    return sink.acks.pop()
 
 
-def lines_of(conn: FakeConn) -> list[str]:
-    return conn.inbound_ids()
-
-
-async def test_a_leaving_subscriber_returns_what_a_later_subscriber_never_got(
-    tmp_path: Path,
-) -> None:
+async def test_pushes_consume_nothing_a_later_subscriber_gets_the_unread(tmp_path: Path) -> None:
     node = make_node(tmp_path, "alpha")
     beta = node.add_peer(Peer("beta", pubkey=os.urandom(32)))
     s1 = FakeConn()
     node.subscribe(s1)
     for i in range(3):
-        assert arrive(node, beta, f"m{i}") is None
+        assert (await arrive(node, beta, f"m{i}")).ok
+    assert s1.inbound_ids() == ["m0", "m1", "m2"]
+    assert [p["seq"] for p in s1.inbound] == [1, 2, 3]
+    node.unsubscribe(s1)  # left without acking: all three are still unread
     s2 = FakeConn()
-    node.subscribe(s2)  # joined after m0..m2 were pushed to s1 only
-    assert arrive(node, beta, "m3") is None  # both get this one
-    # s1 never read anything: all four were unsent when it left
-    unsent = [(1, b"m0\n"), (2, b"m1\n"), (3, b"m2\n"), (4, b"m3\n")]
-    node.unsubscribe(s1, unsent)  # type: ignore[arg-type]
-    assert node.inbox.take_all() == [b"m0\n", b"m1\n", b"m2\n"]  # not m3: s2 has it
+    node.subscribe(s2)
+    assert s2.inbound_ids() == ["m0", "m1", "m2"]
+    assert await arrive(node, beta, "m3")
+    assert s2.inbound_ids()[-1] == "m3" and s1.inbound_ids()[-1] == "m2"
 
 
-async def test_inbox_lines_handed_to_one_subscriber_go_back_even_with_others(
-    tmp_path: Path,
-) -> None:
+async def test_a_copy_is_acked_without_being_stored_twice(tmp_path: Path) -> None:
     node = make_node(tmp_path, "alpha")
-    other = FakeConn()
-    node.subscribe(other)
-    leaving = FakeConn()
-    node.subscribe(leaving)
-    node.unsubscribe(leaving, [(EXCLUSIVE, b"from-the-inbox\n")])  # type: ignore[arg-type]
-    assert node.inbox.take_all() == [b"from-the-inbox\n"]
+    beta = node.add_peer(Peer("beta", pubkey=os.urandom(32)))
+    sink = Sink()
+    body = json.dumps(notify("beta", "alpha", "m1")).encode()
+    node.deliver(sink, beta, envelope_mod.parse(body), body)
+    node.deliver(sink, beta, envelope_mod.parse(body), body)  # before the first committed
+    await trio.testing.wait_all_tasks_blocked()
+    assert [(a.id, a.ok) for a in sink.acks] == [("m1", True), ("m1", True)]
+    assert node.local.unread_count == 1 and node.stored_rows == 1
 
 
-async def test_the_inbox_handed_over_at_subscribe_does_not_count_as_a_slow_client() -> None:
-    conn = IpcConn(stream=None)  # type: ignore[arg-type]
-    for _ in range(MAX_BACKLOG * 2):
-        conn.push_inbound(b"x\n", EXCLUSIVE)
-    assert not conn.overflowed
-    for seq in range(MAX_BACKLOG + 1):
-        conn.push_inbound(b"x\n", seq + 1)
-    assert conn.overflowed
+async def test_one_sender_cannot_take_the_whole_inbox(tmp_path: Path) -> None:
+    node = make_node(tmp_path, "alpha", inbox_limit=4)  # two each
+    beta = node.add_peer(Peer("beta", pubkey=os.urandom(32)))
+    carol = node.add_peer(Peer("carol", pubkey=os.urandom(32)))
+    assert (await arrive(node, beta, "b1")).ok and (await arrive(node, beta, "b2")).ok
+    refused = await arrive(node, beta, "b3")
+    assert (refused.ok, refused.error) == (False, "inbox_full")
+    assert (await arrive(node, carol, "c1")).ok and (await arrive(node, carol, "c2")).ok
+    acked: list[object] = []
+    node.ack(["b1"], None, acked.append)
+    await trio.testing.wait_all_tasks_blocked()
+    assert acked == [1]
+    assert (await arrive(node, beta, "b3")).ok  # its share has room again
 
 
-async def test_a_response_whose_waiting_client_left_is_delivered_normally(tmp_path: Path) -> None:
+async def test_a_response_whose_waiting_client_left_is_stored_unread(tmp_path: Path) -> None:
     node = make_node(tmp_path, "alpha")
     beta = node.add_peer(Peer("beta", pubkey=os.urandom(32)))
     gone = FakeConn()
     gone.eof = True  # killed while waiting
     ticket = Ticket(gone, "q1", "beta", "response")  # type: ignore[arg-type]
     node.response_waiters["q1"] = ticket
-    body = json.dumps(
-        notify("beta", "alpha", "r1", kind="response", reply_to="q1", payload={"data": 42})
-    ).encode()
-    assert node.deliver_inbound(beta, envelope_mod.parse(body), body) is None
+    ack = await arrive(node, beta, "r1", kind="response", reply_to="q1", payload={"data": 42})
+    assert ack.ok
     assert ticket.response is None and "q1" not in node.response_waiters
-    assert len(node.inbox) == 1  # a later `acp listen` gets it
+    assert [i.msg_id for i in node.local.unread()] == ["r1"]  # a later `acp listen` gets it
+
+
+async def test_a_slow_subscriber_is_judged_by_what_it_does_not_read() -> None:
+    conn = IpcConn(stream=None)  # type: ignore[arg-type]
+    conn.send({"ok": True})
+    assert not conn.overflowed
+    for seq in range(MAX_BACKLOG + 1):
+        conn.push_inbound(b"x\n", seq + 1)
+    assert conn.overflowed
 
 
 async def test_sending_to_a_pinned_peer_that_left_the_table_queues(tmp_path: Path) -> None:

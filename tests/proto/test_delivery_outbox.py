@@ -1,4 +1,4 @@
-"""Delivery bookkeeping (PROTOCOL.md §7): Outbox, SeenWindow, Inbox, and the reconnect Backoff."""
+"""Delivery bookkeeping (PROTOCOL.md §7): Outbox, SeenWindow, and the reconnect Backoff."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from acp.proto.backoff import BACKOFF_CAP, BACKOFF_FIRST, BACKOFF_JITTER, Backoff
 from acp.proto.delivery import (
-    INBOX_LIMIT,
     OUTBOX_LIMIT,
     OUTBOX_TTL,
     SEEN_WINDOW,
-    Inbox,
     Outbox,
     OutboxEntry,
     OutboxFull,
@@ -33,7 +31,7 @@ def send_all(box: Outbox) -> list[str]:
 
 
 def test_defaults() -> None:
-    assert (OUTBOX_TTL, OUTBOX_LIMIT, INBOX_LIMIT, SEEN_WINDOW) == (300.0, 1000, 1000, 600.0)
+    assert (OUTBOX_TTL, OUTBOX_LIMIT, SEEN_WINDOW) == (300.0, 1000, 600.0)
     assert SEEN_WINDOW >= 600  # at least 10 minutes (§6)
 
 
@@ -364,32 +362,6 @@ def test_seen_window_prunes_senders_that_went_quiet() -> None:
     seen.add("here", "m", 1000.0)
     seen.prune(1200.0)
     assert len(seen) == 1 and seen.seen("here", "m", 1200.0) and not seen.seen("gone", "m", 1200.0)
-
-
-# --- Inbox ------------------------------------------------------------------------------------
-
-
-def test_inbox_bound_and_order() -> None:
-    inbox: Inbox[str] = Inbox(limit=2)
-    assert not inbox.full()
-    assert inbox.put("one") and inbox.put("two")
-    assert inbox.full()
-    assert inbox.put("three") is False
-    assert len(inbox) == 2
-    assert inbox.take_all() == ["one", "two"]
-    assert len(inbox) == 0 and inbox.take_all() == []
-
-
-def test_inbox_put_back_goes_in_front_even_past_the_bound() -> None:
-    inbox: Inbox[str] = Inbox(limit=2)
-    inbox.put("c")
-    inbox.put("d")
-    inbox.put_back(iter(["a", "b"]))
-    assert len(inbox) == 4 and inbox.full()
-    assert inbox.put("e") is False
-    assert inbox.take_all() == ["a", "b", "c", "d"]
-    inbox.put_back([])
-    assert inbox.take_all() == []
 
 
 # --- Backoff ----------------------------------------------------------------------------------

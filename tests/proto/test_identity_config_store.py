@@ -22,7 +22,7 @@ from acp.errors import EXIT_CONFIG, ConfigError
 from acp.identity import KEY_NAME, PUB_NAME, Identity, load_identity
 from acp.model import agent_id_from_hostname, check_agent_id, decode_key, encode_key, fingerprint
 from acp.proto.noise import public_key
-from acp.store import STORE_NAME, PeerRecord, PeerStore
+from acp.store import LEGACY_PEERS, PeerRecord, PeerStore, read_legacy_peers
 
 KEY = bytes(range(32))
 KEY_B64 = base64.b64encode(KEY).decode()
@@ -425,76 +425,41 @@ def test_ensure_home(tmp_path: Path) -> None:
     assert mode(home) == 0o700
 
 
-# --- peers.json -------------------------------------------------------------------------------
+# --- the peer table (the database itself: tests/net/test_store.py) ----------------------------
 
 
-def test_peer_store_round_trip(tmp_path: Path) -> None:
-    store = PeerStore.load(tmp_path)
+def test_peer_store_tracks_what_changed() -> None:
+    store = PeerStore()
     assert list(store) == [] and not store.dirty
     store.pin("agent-two", PUB)
-    store.update(
-        "agent-two",
-        host="10.0.0.7",
-        port=7100,
-        last_seen=5,
-        ts_sent=10,
-        ts_accepted=20,
-        source="mdns",
-    )
+    store.update("agent-two", host="10.0.0.7", port=7100, last_seen=5, ts_sent=10, source="mdns")
     store.update("agent-three", host="::1", port=1)
     assert store.dirty
-    store.save()
-    assert not store.dirty
-    path = tmp_path / STORE_NAME
-    assert mode(path) == 0o600
-    data = json.loads(path.read_text())
-    assert data["version"] == 1
-    assert data["peers"]["agent-two"]["pubkey"] == PUB_B64
-    assert "pubkey" not in data["peers"]["agent-three"]
-
-    again = PeerStore.load(tmp_path)
-    assert sorted(again) == ["agent-three", "agent-two"]
-    assert again.get("agent-two") == PeerRecord(PUB, "10.0.0.7", 7100, 5, 10, 20, "mdns")
+    rows = store.changes()
+    assert not store.dirty and sorted(rows) == ["agent-three", "agent-two"]
+    assert json.loads(rows["agent-two"] or "")["pubkey"] == PUB_B64
+    again = PeerStore()
+    again.load_rows([(k, v) for k, v in rows.items() if v is not None], "db")
+    assert again.get("agent-two") == PeerRecord(PUB, "10.0.0.7", 7100, 5, 10, None, "mdns")
     assert again.get("agent-three") == PeerRecord(host="::1", port=1)
     assert again.get("agent-nine") is None and "agent-nine" not in again
+    assert again.forget("agent-three") and again.changes() == {"agent-three": None}
 
 
-def test_peer_store_pin_resets_replay_counter(tmp_path: Path) -> None:
-    store = PeerStore.load(tmp_path)
+def test_peer_store_pin_resets_replay_counter() -> None:
+    store = PeerStore()
     store.pin("b", PUB)
     store.update("b", ts_accepted=99)
-    store.dirty = False
+    store.changes()
     store.pin("b", PUB)
     assert store.get("b").ts_accepted == 99 and not store.dirty  # type: ignore[union-attr]
     store.pin("b", KEY)
     assert store.get("b").ts_accepted is None and store.dirty  # type: ignore[union-attr]
-    store.dirty = False
+    store.changes()
     store.update("b", pubkey=KEY)
     assert not store.dirty
     assert store.forget("b") and store.dirty
     assert not store.forget("b")
-
-
-def test_peer_store_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = PeerStore.load(tmp_path)
-    store.pin("agent-two", PUB)
-    store.save()
-    before = (tmp_path / STORE_NAME).read_bytes()
-
-    store.pin("agent-three", KEY)
-
-    def crash(src: Any, dst: Any) -> None:
-        raise OSError("power cut")
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError):
-        store.save()
-    monkeypatch.undo()
-    assert (tmp_path / STORE_NAME).read_bytes() == before  # old file intact
-    assert list(PeerStore.load(tmp_path)) == ["agent-two"]
-    store.save()  # a leftover temp file does not get in the way
-    assert sorted(PeerStore.load(tmp_path)) == ["agent-three", "agent-two"]
-    assert [p.name for p in tmp_path.iterdir()] == [STORE_NAME]
 
 
 @pytest.mark.parametrize(
@@ -512,9 +477,35 @@ def test_peer_store_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         b'{"version":1,"peers":{"b":{"host":5}}}',
     ],
 )
-def test_corrupt_peer_store_is_config_error(tmp_path: Path, content: bytes) -> None:
-    path = tmp_path / STORE_NAME
+def test_corrupt_legacy_peers_json_is_config_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / LEGACY_PEERS
     path.write_bytes(content)
     with pytest.raises(ConfigError) as info:
-        PeerStore.load(tmp_path)
+        read_legacy_peers(path)
     assert str(path) in info.value.message
+
+
+def test_legacy_peers_json_reads_every_field(tmp_path: Path) -> None:
+    path = tmp_path / LEGACY_PEERS
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "peers": {
+                    "agent-two": {
+                        "pubkey": PUB_B64,
+                        "host": "10.0.0.7",
+                        "port": 7100,
+                        "last_seen": 5,
+                        "ts_sent": 10,
+                        "ts_accepted": 20,
+                        "source": "mdns",
+                    },
+                },
+            }
+        )
+    )
+    assert read_legacy_peers(path) == {
+        "agent-two": PeerRecord(PUB, "10.0.0.7", 7100, 5, 10, 20, "mdns")
+    }
+    assert read_legacy_peers(tmp_path / "absent.json") == {}
