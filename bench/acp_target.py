@@ -79,9 +79,16 @@ def write_identity(home: Path) -> str:
     return public
 
 
+# The benchmark's receiving client reads pushes and never acks them (the limit relay has no such
+# command), so unread envelopes would reach the inbox bound (1000, 500 per sender) and push back on
+# the sender. Every envelope is still stored and committed before its ACK; only the bound is moved.
+BENCH_INBOX_LIMIT = 10_000_000
+
+
 def write_config(home: Path, peers: list[Peer]) -> None:
     (home / "config.toml").write_text(
-        "".join(
+        f"inbox_limit = {BENCH_INBOX_LIMIT}\n"
+        + "".join(
             "[[peers]]\n"
             f'agent_id = "{p.agent_id}"\n'
             f'addr = "{p.host}:{p.port}"\n'
@@ -114,6 +121,7 @@ class AcpTarget:
         return None
 
     def daemon_argv(self, agent_id: str, port: int, *, mdns: bool = False) -> list[str]:
+        """The command that starts one daemon."""
         argv = [str(self.exe), "daemon", "--agent-id", agent_id, "--port", str(port)]
         return argv if mdns else [*argv, "--no-mdns"]
 
@@ -214,3 +222,18 @@ class AcpTarget:
             "peers": Command((exe, "peers"), env),
             "status": Command((exe, "status"), env),
         }
+
+
+class AcpBaselineTarget(AcpTarget):
+    """Another build of acp, for a before/after in one run: ``ACP_BENCH_BASELINE`` names its
+    ``acp`` executable (e.g. a venv with v0.1.0 installed, whose inbox lived in memory only)."""
+
+    name = "acp-before"
+
+    def __init__(self, exe: Path | None = None) -> None:
+        super().__init__(exe or Path(os.environ.get("ACP_BENCH_BASELINE", "/nonexistent/acp")))
+
+    def unavailable(self) -> str | None:
+        if not self.exe.exists():
+            return "set ACP_BENCH_BASELINE to the acp executable of the build to compare with"
+        return None

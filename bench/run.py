@@ -53,7 +53,7 @@ import discovery
 import lifecycle
 import trio
 import veth
-from acp_target import AcpTarget
+from acp_target import AcpBaselineTarget, AcpTarget
 from common import (
     SIZES,
     BenchError,
@@ -214,6 +214,7 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "limit": LimitTarget,
     "limit-batch": lambda: LimitTarget(batch=True),
     "acp": AcpTarget,
+    "acp-before": AcpBaselineTarget,
 }
 # Targets from bench/README.md, for the goal column: (figure regex, "<=" | ">=" | "<",
 # bound, what the bound applies to: the ratio to the baseline, or the value itself).
