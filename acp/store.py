@@ -47,6 +47,7 @@ DB_NAME = "acp.db"
 LEGACY_PEERS = "peers.json"  # before the database: read once, then renamed
 SCHEMA_VERSION = 1
 MAX_BATCH = 4096  # jobs in one transaction at most
+WAL_SIZE_LIMIT = 16 << 20  # bytes the WAL file keeps after a checkpoint
 DURABILITY = ("normal", "full")
 
 R = TypeVar("R")
@@ -419,6 +420,8 @@ class Database:
                 sync = "FULL" if self.durability == "full" else "NORMAL"
                 conn.execute(f"PRAGMA synchronous={sync}")
                 conn.execute("PRAGMA busy_timeout=5000")
+                # a checkpointed WAL is cut back to this size instead of keeping its largest size
+                conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             except (sqlite3.Error, OSError) as exc:
                 conn.close()
                 raise self._unusable(exc) from None

@@ -25,6 +25,7 @@ from acp.identity import Identity
 from acp.model import Ack, Envelope, fingerprint
 from acp.net.peer import BACKOFF, KEY_CHANGED, REFUSED, Peer
 from acp.net.stats import Stats
+from acp.proto import handshake as hs
 from acp.proto import ipc
 from acp.proto.delivery import SEEN_WINDOW, OutboxEntry, OutboxFull, SeenWindow
 from acp.proto.inbox import EVENT, PAGE, Item, LocalInbox
@@ -84,6 +85,8 @@ class Node:
         self.stored_rows = 0  # inbox rows in the database, read ones included
         self.next_row = 0  # the last durable-outbox row number handed out
         self._drop_rows: list[int] = []  # outbox rows ACKed, deleted at the next flush
+        self._pruning = False
+        self._prune_at = config.keep_read_count + max(100, config.keep_read_count // 10)
         self._stored_event = trio.Event()
         self.holding: set[Peer] = set()  # peers whose outbox waits after an inbox_full
         self.seen = SeenWindow()
@@ -185,11 +188,12 @@ class Node:
 
     def _check_key(self, peer: Peer, announced: bytes, held: bytes | None) -> bool:
         """True if ``announced`` may be used; otherwise mark the peer and say why, loudly, once."""
-        if held is None and self.config.trust == "explicit":
+        verdict = hs.judge_key(announced, held, self.config.trust)
+        if verdict == hs.NOT_TRUSTED:
             peer.pubkey = None
             if peer.key_changed != announced:
                 peer.key_changed = announced
-                peer.state = REFUSED
+                peer.set_state(REFUSED)
                 peer.last_error = (
                     "not trusted (trust = explicit): check its fingerprint, then `acp trust`"
                 )
@@ -200,11 +204,12 @@ class Node:
                     fingerprint(announced),
                 )
             return False
-        if held is not None and announced != held:
+        if verdict == hs.KEY_MISMATCH:
+            assert held is not None
             if peer.key_changed != announced:
                 peer.key_changed = announced
                 if not peer.connected:
-                    peer.state = KEY_CHANGED
+                    peer.set_state(KEY_CHANGED)
                 peer.last_error = (
                     f"announced key {fingerprint(announced)} is not the pinned "
                     f"{fingerprint(held)}: `acp trust` or `acp forget` it"
@@ -302,9 +307,17 @@ class Node:
             log.error("store: %s", result)
 
     def prune(self) -> None:
-        """Drop read items past their keeping time or count (PROTOCOL.md §8.1)."""
+        """Drop read items past their keeping time or count (PROTOCOL.md §8.1).
+
+        Runs once a minute, and also whenever the read rows pass ``keep_read_count`` by a tenth,
+        so that a flood cannot grow the database for a whole minute first.
+        """
+        if self._pruning:
+            return
+        self._pruning = True
 
         def done(result: int | BaseException) -> None:
+            self._pruning = False
             if isinstance(result, BaseException):
                 self._store_failed(result)
             elif result:
@@ -520,6 +533,8 @@ class Node:
                 then(False)
                 return
             self.stored_rows += 1
+            if self.stored_rows - self.local.unread_count > self._prune_at:
+                self.prune()
             keys = self.local.stored(item)
             if keys:
                 line = item.push_line()
@@ -538,10 +553,9 @@ class Node:
             self.recent_inbound.popitem(last=False)
 
     def trust_of(self, agent_id: str) -> str:
-        """The trust level of a peer's key (PROTOCOL.md §9): ``explicit`` if the user named it
-        (config.toml [[peers]], `acp trust`), else ``tofu``."""
+        """The trust level of a peer's key (PROTOCOL.md §9)."""
         rec = self.store.get(agent_id)
-        return "explicit" if rec is not None and rec.source in EXPLICIT_SOURCES else "tofu"
+        return hs.trust_level(rec.source if rec is not None else None)
 
     # -- local readers -----------------------------------------------------------------------------
 
@@ -622,7 +636,6 @@ class Node:
         self.db.submit(store.mark_read(seqs, _now_ms()), stored)
 
 
-EXPLICIT_SOURCES = ("static", "manual")
 INBOX_FULL_RETRY = 5.0  # seconds before envelopes refused with inbox_full are offered again
 
 

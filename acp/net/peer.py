@@ -71,6 +71,7 @@ KEY_CHANGED = "key_changed"
 REFUSED = "refused"
 STALE = "stale"
 IDLE = "idle"  # known (pinned) but no address to dial
+STATES = (DISCOVERED, CONNECTING, CONNECTED, BACKOFF, WAITING, KEY_CHANGED, REFUSED, STALE, IDLE)
 
 
 class SessionEnded(Exception):
@@ -334,6 +335,14 @@ class Peer:
     last_poke: float = -1e9  # trio clock
     notify: Callable[[], None] | None = None  # the node's "sessions changed"
 
+    def set_state(self, state: str) -> None:
+        """The one place a peer's state (what `acp peers` shows) changes."""
+        if state not in STATES:
+            raise ValueError(f"unknown peer state {state!r}")
+        if state != self.state:
+            log.debug("peer %s: %s -> %s", self.agent_id, self.state, state)
+            self.state = state
+
     def poke(self) -> None:
         """Wake the supervisor: an address changed, a key was trusted, a session came or went."""
         self.last_poke = trio.current_time()
@@ -371,7 +380,7 @@ class Peer:
             current.close("replaced by a newer session", bye="replaced by a newer session")
         self.active = session
         self.outbox.session_lost()  # anything in flight on the old session is resent here
-        self.state = CONNECTED
+        self.set_state(CONNECTED)
         self.last_error = None
         self.last_seen = time.time()
         session.wake.set()
@@ -392,7 +401,7 @@ class Peer:
             self.outbox.session_lost()
             self.last_seen = time.time()
             if self.state == CONNECTED:
-                self.state = DISCOVERED
+                self.set_state(DISCOVERED)
             self.last_error = session.end_reason or None
             log.info("peer %s: session down: %s", self.agent_id, session.end_reason)
             self.poke()

@@ -99,15 +99,15 @@ class PeerManager:
                     continue
                 if not self.dialable(peer):
                     if peer.key_changed is not None:
-                        peer.state = REFUSED if peer.pubkey is None else KEY_CHANGED
+                        peer.set_state(REFUSED if peer.pubkey is None else KEY_CHANGED)
                     else:
-                        peer.state = IDLE
+                        peer.set_state(IDLE)
                     await peer.kick.wait()
                     continue
                 if not we_dial_first:
                     deadline = wait_since + HIGHER_SIDE_WAIT
                     if trio.current_time() < deadline:
-                        peer.state = WAITING
+                        peer.set_state(WAITING)
                         with trio.move_on_at(deadline):
                             await peer.changed.wait()
                         continue
@@ -125,7 +125,7 @@ class PeerManager:
                 if peer.active is not None:
                     continue  # ours lost to the other session (§4): connected, not backing off
                 delay = backoff.next()
-                peer.state = BACKOFF
+                peer.set_state(BACKOFF)
                 peer.next_try = trio.current_time() + delay
                 with trio.move_on_after(delay):
                     await peer.kick.wait()  # a new address or a trusted key: dial at once
@@ -137,7 +137,7 @@ class PeerManager:
         node = self.node
         assert peer.host is not None and peer.port is not None
         host, port = peer.host, peer.port
-        peer.state = CONNECTING
+        peer.set_state(CONNECTING)
         try:
             with trio.fail_after(hs.HANDSHAKE_TIMEOUT):
                 session = await handshake.dial(node, peer, host, port)
@@ -171,7 +171,7 @@ class PeerManager:
         node.store.update(peer.agent_id, host=host, port=port, last_seen=int(time.time() * 1000))
         reason = await session.run()
         if peer.active is None and peer.state not in (KEY_CHANGED,):
-            peer.state = DISCOVERED
+            peer.set_state(DISCOVERED)
         log.debug("peer %s: outbound session over: %s", peer.agent_id, reason)
         # A session that dies at once (a peer that accepts and drops us) must not reset the backoff.
         return trio.current_time() - session.started >= GOOD_SESSION

@@ -97,6 +97,27 @@ def parse_welcome(data: bytes, *, expected_agent_id: str) -> str:
     return agent_id
 
 
+# What a key presented for an agent_id comes to (judge_key).
+ACCEPT = "accept"  # the key held for that agent_id
+PIN = "pin"  # no key held, trust = tofu: pin this one
+EXPLICIT_SOURCES = ("static", "manual")  # where a pin is the user's own word
+
+
+def judge_key(presented: bytes, held: bytes | None, policy: str) -> str:
+    """The trust decision, in one place, for a handshake and for an mDNS announcement alike:
+    ``accept`` (it is the key held), ``pin`` (none held, tofu), or the refusal reason
+    ``key_mismatch`` (another key is held) or ``not_trusted`` (none held, trust = explicit)."""
+    if held is not None:
+        return ACCEPT if presented == held else KEY_MISMATCH
+    return PIN if policy == "tofu" else NOT_TRUSTED
+
+
+def trust_level(source: str | None) -> str:
+    """A pinned key's trust level (PROTOCOL.md §9): ``explicit`` if the user named it
+    (config.toml [[peers]], `acp trust`), else ``tofu``. (``verified`` does not exist yet.)"""
+    return "explicit" if source in EXPLICIT_SOURCES else "tofu"
+
+
 def admit(
     hello: Hello,
     presented_key: bytes,
@@ -111,16 +132,14 @@ def admit(
     already held. Raises Refused otherwise: a different key than held, an unknown agent under
     ``explicit`` trust, or a ``ts`` not above the last accepted from that key (a replay).
     """
-    if held_key is not None:
-        if presented_key != held_key:
-            raise Refused(
-                KEY_MISMATCH, f"{hello.agent_id!r} presented a key other than the one held for it"
-            )
-        pin = False
-    elif trust == "tofu":
-        pin = True
-    else:
+    verdict = judge_key(presented_key, held_key, trust)
+    if verdict == KEY_MISMATCH:
+        raise Refused(
+            KEY_MISMATCH, f"{hello.agent_id!r} presented a key other than the one held for it"
+        )
+    if verdict == NOT_TRUSTED:
         raise Refused(NOT_TRUSTED, f"{hello.agent_id!r} is not trusted (trust = explicit)")
+    pin = verdict == PIN
     if last_accepted_ts is not None and hello.ts <= last_accepted_ts:
         raise Refused(
             REPLAY, f"{hello.agent_id!r} sent ts {hello.ts}, not above {last_accepted_ts}: replay?"

@@ -146,3 +146,20 @@ async def test_a_peer_that_never_reads_loses_its_session_not_our_memory(tmp_path
     else:
         raise AssertionError("the control queue grew past its limit")
     assert len(session.control) == CONTROL_LIMIT
+
+
+async def test_read_rows_are_pruned_by_count_as_they_pile_up(tmp_path: Path) -> None:
+    """A flood the reader keeps up with: the database keeps about keep_read_count read rows,
+    without waiting for the once-a-minute sweep."""
+    node = make_node(tmp_path, "alpha", keep_read_count=50)
+    beta = node.add_peer(Peer("beta", pubkey=os.urandom(32)))
+    most = 0
+    for i in range(400):
+        assert (await arrive(node, beta, f"m{i}")).ok
+        node.ack([f"m{i}"], None, lambda n: None)
+        await trio.testing.wait_all_tasks_blocked()
+        most = max(most, node.stored_rows)
+    assert most <= 50 + 100 + 2, most
+    rows = node.db._connection().execute("SELECT count(*), max(seq) FROM inbox").fetchone()
+    assert rows[0] == node.stored_rows and rows[1] == 400
+    assert node.stats["inbox_pruned"] >= 400 - most

@@ -140,3 +140,30 @@ def test_refused_reasons_are_distinct() -> None:
     assert len(reasons) == 5
     assert handshake.PROLOGUE == b"acp-v1"
     assert handshake.HANDSHAKE_TIMEOUT == 5.0
+
+
+@pytest.mark.parametrize(
+    ("presented", "held", "policy", "verdict"),
+    [
+        (b"k" * 32, b"k" * 32, "tofu", handshake.ACCEPT),
+        (b"k" * 32, b"k" * 32, "explicit", handshake.ACCEPT),
+        (b"k" * 32, b"o" * 32, "tofu", handshake.KEY_MISMATCH),
+        (b"k" * 32, b"o" * 32, "explicit", handshake.KEY_MISMATCH),
+        (b"k" * 32, None, "tofu", handshake.PIN),
+        (b"k" * 32, None, "explicit", handshake.NOT_TRUSTED),
+    ],
+)
+def test_judge_key_is_the_one_trust_decision(
+    presented: bytes, held: bytes | None, policy: str, verdict: str
+) -> None:
+    assert handshake.judge_key(presented, held, policy) == verdict
+
+
+def test_trust_level_is_explicit_only_for_keys_the_user_named() -> None:
+    assert [handshake.trust_level(s) for s in ("static", "manual", "mdns", "incoming", None)] == [
+        "explicit",
+        "explicit",
+        "tofu",
+        "tofu",
+        "tofu",
+    ]
