@@ -85,7 +85,7 @@ async def run_daemon(
     ipc_listener = None
     db = Database(config.home / DB_NAME, durability=config.durability)
     try:
-        identity = load_identity(config.home)
+        identity = await trio.to_thread.run_sync(load_identity, config.home)  # may write it
         loaded = await db.open(legacy_peers=config.home / LEGACY_PEERS)
         if loaded.imported_peers:
             log.info("store: imported %d peer(s) from %s", loaded.imported_peers, LEGACY_PEERS)

@@ -413,6 +413,15 @@ class Database:
             except sqlite3.Error as exc:
                 raise self._unusable(exc) from None
             try:
+                # read the schema version before anything writes: a file that is not a database,
+                # or one from a newer acp, is refused as it is
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    conn.close()
+                    raise ConfigError(
+                        f"{self.path}: written by a newer acp (schema {version}, this one knows "
+                        f"{SCHEMA_VERSION}); upgrade acp, or move the file away"
+                    )
                 os.chmod(self.path, 0o600)
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if mode != "wal":

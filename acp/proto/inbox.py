@@ -77,7 +77,7 @@ class Item:
 class Subscription:
     key: Hashable
     cursor: int  # every item with a seq up to here was handed over (or not asked for)
-    remaining: int | None  # pushes still wanted (subscribe with a count)
+    remaining: int | None  # envelopes still wanted (subscribe with a count)
     live: bool
 
 
@@ -221,12 +221,8 @@ class LocalInbox:
             items, cursor, live = [], since, True
         else:
             items, cursor, live = [], since, False
-        if count is not None:
-            items = items[:count]
-            count -= len(items)
-        sub = Subscription(key, cursor, count, live)
-        if count is None or count > 0:
-            self._subs[key] = sub
+        sub = self._subs[key] = Subscription(key, cursor, count, live)
+        items = self._take(sub, items)
         return items, not live and key in self._subs
 
     def caught_up(self, key: Hashable, page: list[Item], *, full: bool) -> tuple[list[Item], bool]:
@@ -256,12 +252,20 @@ class LocalInbox:
         return len(self._subs)
 
     def _take(self, sub: Subscription, items: list[Item]) -> list[Item]:
-        if sub.remaining is not None:
-            items = items[: sub.remaining]
-            sub.remaining -= len(items)
+        """What ``sub`` still wants of ``items``: with a count, envelopes up to it (events ride
+        along free, so `acp listen --count 1` means one envelope); then it is done."""
+        if sub.remaining is None:
+            return items
+        out: list[Item] = []
+        for item in items:
             if sub.remaining <= 0:
-                del self._subs[sub.key]
-        return items
+                break
+            out.append(item)
+            if not item.is_event:
+                sub.remaining -= 1
+        if sub.remaining <= 0:
+            del self._subs[sub.key]
+        return out
 
     def _push_to(self, item: Item) -> list[Hashable]:
         keys: list[Hashable] = []

@@ -340,10 +340,15 @@ def test_subscribe_count() -> None:
     assert inbox.subscribe("none", count=0) == ([], False) and inbox.subscribers() == 0
     items, _ = inbox.subscribe("five", count=5)
     assert seqs(items) == [1, 2, 3] and inbox.subscribers() == 1
+    # events ride along without counting: `count` is envelopes (`acp listen --count N`)
     assert store(inbox, add_event(inbox, "e1")) == ["five"]
     assert store(inbox, add_event(inbox, "e2")) == ["five"]
+    assert inbox.subscribers() == 1
+    assert store(inbox, add_envelope(inbox, "agent-a", "m3")) == ["five"]
+    assert store(inbox, add_envelope(inbox, "agent-a", "m4")) == ["five"]
     assert inbox.subscribers() == 0
     assert store(inbox, add_event(inbox, "e3")) == []
+    assert store(inbox, add_envelope(inbox, "agent-a", "m5")) == []
 
 
 def test_subscribe_count_while_catching_up() -> None:
@@ -358,6 +363,48 @@ def test_subscribe_count_while_catching_up() -> None:
     assert seqs(items) == [1, 2] and more
     items, more = inbox.caught_up("sub", [copy(it) for it in db[2:]], full=True)
     assert seqs(items) == [3] and not more  # its count is reached: no further page
+    assert inbox.subscribers() == 0
+
+
+def test_subscribe_count_counts_envelopes_only() -> None:
+    """Events ride along while the subscription lives, at once, in catch-up pages and live; it
+    ends with its count-th envelope, so nothing after that one is handed over."""
+    inbox = LocalInbox()
+    db: list[Item] = []
+    for item in (
+        add_event(inbox, "e1"),
+        add_envelope(inbox, "agent-a", "m1"),
+        add_event(inbox, "e2"),
+        add_envelope(inbox, "agent-b", "m2"),
+        add_event(inbox, "e3"),
+    ):
+        store(inbox, item)
+        db.append(item)
+    items, catch_up = inbox.subscribe("two", count=2)
+    assert seqs(items) == [1, 2, 3, 4] and not catch_up  # not e3: done with m2
+    assert inbox.subscribers() == 0
+    items, catch_up = inbox.subscribe("three", count=3)
+    assert seqs(items) == [1, 2, 3, 4, 5] and not catch_up and inbox.subscribers() == 1
+    assert store(inbox, add_event(inbox, "e4")) == ["three"]
+    assert inbox.subscribers() == 1
+    assert store(inbox, add_envelope(inbox, "agent-a", "m3")) == ["three"]
+    assert inbox.subscribers() == 0
+    inbox.ack_up_to(7)
+    items, catch_up = inbox.subscribe("events", count=1)  # nothing unread: waits for one
+    assert items == [] and not catch_up and inbox.subscribers() == 1
+    assert store(inbox, add_event(inbox, "e5")) == ["events"]
+    assert inbox.subscribers() == 1
+    assert inbox.subscribe("paged", since=0, count=2) == ([], True)
+    items, more = inbox.caught_up("paged", [copy(it) for it in db[:3]], full=True)
+    assert seqs(items) == [1, 2, 3] and more and inbox.cursor("paged") == 3
+    items, more = inbox.caught_up("paged", [copy(it) for it in db[3:]], full=True)
+    assert seqs(items) == [4] and not more  # m2 is its second envelope: e3 is not handed over
+    assert inbox.cursor("paged") is None and inbox.subscribers() == 1
+    assert inbox.subscribe("short", since=0, count=3) == ([], True)
+    items, more = inbox.caught_up("short", [copy(it) for it in db], full=False)
+    assert seqs(items) == [1, 2, 3, 4, 5] and not more  # one envelope short: live now
+    assert store(inbox, add_event(inbox, "e6")) == ["events", "short"]
+    assert store(inbox, add_envelope(inbox, "agent-b", "m4")) == ["events", "short"]
     assert inbox.subscribers() == 0
 
 
@@ -404,18 +451,24 @@ def test_stored_out_of_seq_order_unread_is_still_oldest_first() -> None:
     assert seqs(inbox.unread()) == [four.seq, five.seq]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a subscribe whose count is met at once does not replace an older subscription under "
-    "the same key (acp/net/ipc_server.py unsubscribes first, so the daemon is not affected)",
-)
 def test_subscribe_again_with_count_met_at_once_replaces_the_subscription() -> None:
     inbox = LocalInbox()
     store(inbox, add_envelope(inbox, "agent-a", "m1"))
     inbox.subscribe("sub")  # live, no count
-    items, _ = inbox.subscribe("sub", count=1)  # gets m1 and is done
-    assert seqs(items) == [1]
-    assert store(inbox, add_envelope(inbox, "agent-a", "m2")) == []
+    items, catch_up = inbox.subscribe("sub", count=1)  # replaces it, gets m1 and is done
+    assert seqs(items) == [1] and not catch_up
+    assert inbox.subscribers() == 0 and inbox.cursor("sub") is None
+    assert store(inbox, add_envelope(inbox, "agent-a", "m2")) == []  # the old one is gone too
+    assert store(inbox, add_event(inbox, "e")) == []
+    inbox.subscribe("sub")  # live again
+    assert inbox.subscribe("sub", count=0) == ([], False)  # replaced, and done at once
+    assert inbox.subscribers() == 0 and inbox.cursor("sub") is None
+    assert store(inbox, add_envelope(inbox, "agent-a", "m3")) == []
+    db = [copy(it) for it in inbox.unread()]
+    assert inbox.subscribe("sub", since=0) == ([], True)  # catching up
+    assert inbox.subscribe("sub", since=0, count=0) == ([], False)
+    assert inbox.subscribers() == 0
+    assert inbox.caught_up("sub", db, full=False) == ([], False)  # its pages are stray now
 
 
 # --- wire shapes ------------------------------------------------------------------------------
@@ -501,8 +554,8 @@ class Row:
 class Sub:
     key: str
     since: int | None
-    count: int | None
-    remaining: int | None
+    count: int | None  # envelopes asked for
+    remaining: int | None  # envelopes still wanted: events do not count
     live: bool
     floor: int  # items at or below this are not wanted live
     cursor: int  # the model's own catch-up cursor
@@ -532,6 +585,7 @@ class InboxMachine(RuleBasedStateMachine):
         self.last_seq = 0
         self.last_stored = 0
         self.handed_out: set[int] = set()
+        self.events: set[int] = set()  # seqs handed out for events, not envelopes
         self.failed_seqs: set[int] = set()
         self.subs: dict[str, Sub] = {}
         self.closed: list[Sub] = []
@@ -566,15 +620,27 @@ class InboxMachine(RuleBasedStateMachine):
         """Stored out of order, LocalInbox keeps unread items in the order they were stored."""
         return got if self.IN_ORDER else sorted(got)
 
+    def envelopes_in(self, seq_list: list[int]) -> int:
+        return sum(1 for s in seq_list if s not in self.events)
+
     def take(self, sub: Sub, seq_list: list[int]) -> list[int]:
-        if sub.remaining is not None:
-            seq_list = seq_list[: sub.remaining]
-            sub.remaining -= len(seq_list)
-        return seq_list
+        """What ``sub`` is handed of ``seq_list``: with a count, items up to and including its
+        count-th envelope (events in between ride along without counting); then it is done."""
+        if sub.remaining is None:
+            return seq_list
+        out: list[int] = []
+        for s in seq_list:
+            if sub.remaining <= 0:
+                break
+            out.append(s)
+            if s not in self.events:
+                sub.remaining -= 1
+        return out
 
     def received(self, sub: Sub, items: list[Item]) -> None:
         for item in items:
             assert item.seq in self.db, "pushed an item that is not stored"
+            assert item.is_event == (item.seq in self.events)
             check_wire(item)
             sub.got.append(item.seq)
 
@@ -595,6 +661,8 @@ class InboxMachine(RuleBasedStateMachine):
             item = Item(seq, sender, f"r{seq}", kind, seq, "tofu" if sender else None, body, read)
             self.db[seq] = Row(copy(item), read)
             self.handed_out.add(seq)
+            if sender is None:
+                self.events.add(seq)
             if not read:
                 unread.append(item)
         self.last_seq = self.last_stored = len(restored) + gap
@@ -651,6 +719,7 @@ class InboxMachine(RuleBasedStateMachine):
             body=event_body(msg_id, reason=str(self.n)),
         )
         assert item.is_event
+        self.events.add(item.seq)
         self._added(item, False)
 
     def _pick(self, data: st.DataObject, oldest: bool) -> int:
@@ -679,12 +748,16 @@ class InboxMachine(RuleBasedStateMachine):
             sub = self.subs[str(key)]
             assert sub.live and not read
             if not self.IN_ORDER:
-                self.take(sub, [seq])
+                assert sub.remaining != 0
+                assert self.take(sub, [seq]) == [seq]
             self.received(sub, [item])
         for key in list(self.subs):  # those whose count ran out on this item are gone
             if self.inbox.cursor(key) is None:
-                assert self.subs[key].remaining == 0
+                sub = self.subs[key]
+                assert sub.remaining == 0 and key in keys and seq not in self.events
                 self.close_sub(key)
+            else:
+                assert self.subs[key].remaining != 0
 
     @precondition(lambda self: self.in_flight)
     @rule(data=st.data())
@@ -753,16 +826,31 @@ class InboxMachine(RuleBasedStateMachine):
         key=st.sampled_from(KEYS),
         data=st.data(),
         with_since=st.booleans(),
-        count=st.none() | st.integers(1, 4),  # IPC asks for at least 1
+        count=st.none() | st.integers(0, 4),  # IPC asks for at least 1; 0 is done at once
+        unsubscribe_first=st.booleans(),
     )
-    def subscribe(self, key: str, data: st.DataObject, with_since: bool, count: int | None) -> None:
+    def subscribe(
+        self,
+        key: str,
+        data: st.DataObject,
+        with_since: bool,
+        count: int | None,
+        unsubscribe_first: bool,
+    ) -> None:
         since = data.draw(st.integers(-1, self.last_seq + 1)) if with_since else None
-        if key in self.subs:  # a second subscribe starts over, as acp/net/ipc_server.py does it
-            self.inbox.unsubscribe(key)
+        if key in self.subs:
+            # a second subscribe starts over: acp/net/ipc_server.py unsubscribes first, and a
+            # subscribe alone replaces what was under its key as well
+            if unsubscribe_first:
+                self.inbox.unsubscribe(key)
             self.close_sub(key)
+        # which unread items a count cuts off depends on the order LocalInbox holds them in:
+        # the order they were stored in (counts_agree checks that against the model)
+        held = seqs(self.inbox.unread())
+        assert self.ordered(held) == self.model_unread()
         items, catch_up = self.inbox.subscribe(key, since=since, count=count)
         if since is None:
-            want, live, floor = self.model_unread(), True, self.last_stored
+            want, live, floor = held, True, self.last_stored
         elif since >= self.last_stored:
             want, live, floor = [], True, since
         else:
@@ -770,10 +858,9 @@ class InboxMachine(RuleBasedStateMachine):
         sub = Sub(key, since, count, count, live, floor, since if since is not None else floor)
         sub.expected = self.take(sub, want)
         self.received(sub, items)
-        if self.IN_ORDER or count is None:
-            assert self.ordered(seqs(items)) == sub.expected
-        else:  # which `count` of them depends on the order they were stored in
-            assert len(items) == len(sub.expected) and set(seqs(items)) <= set(want)
+        assert seqs(items) == sub.expected
+        if count is not None:
+            assert self.envelopes_in(seqs(items)) == min(count, self.envelopes_in(want))
         registered = sub.remaining is None or sub.remaining > 0
         assert catch_up == (registered and not live)
         self.subs[key] = sub
@@ -853,8 +940,13 @@ class InboxMachine(RuleBasedStateMachine):
             assert all(s in self.db for s in sub.got)
             if sub.since is not None:
                 assert all(s > sub.since for s in sub.got)
-            if sub.count is not None:
-                assert len(sub.got) <= sub.count
+            if sub.count is not None:  # a count is of envelopes: events ride along
+                assert sub.remaining is not None and sub.remaining >= 0
+                assert self.envelopes_in(sub.got) == sub.count - sub.remaining
+                if sub.remaining == 0 and sub.got:  # done with its count-th envelope, not after
+                    assert sub.got[-1] not in self.events
+        for sub in self.subs.values():  # one whose count is met is gone
+            assert sub.remaining is None or sub.remaining > 0
             if self.IN_ORDER:
                 assert sub.got == sub.expected
 
