@@ -16,7 +16,8 @@ from cyclopts import App, Parameter
 
 from acp import __version__
 from acp.client import Client, delegate_envelope, notify_envelope, query_envelope
-from acp.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, AcpError
+from acp.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, AcpError, RequestFailed
+from acp.text import clean, one_line, safe_json
 
 app = App(
     name="acp",
@@ -29,7 +30,7 @@ Json = Annotated[bool, Parameter(negative="", help="Print JSON instead of text."
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=None, separators=(",", ":"), ensure_ascii=False))
+    print(safe_json(obj))  # what a peer sent may be in it: C1 and bidi \u-escaped
 
 
 def _parse_data(text: str) -> Any:
@@ -66,16 +67,16 @@ def _report_sent(reply: dict[str, Any], as_json: bool) -> int:
     if reply.get("state") == "answered":
         payload = reply["response"].get("payload", {})
         if payload.get("error"):
-            print(f"error: {payload['error']}", file=sys.stderr)
-        data = payload.get("data")
-        print(data if isinstance(data, str) else json.dumps(data, ensure_ascii=False))
+            print(f"error: {one_line(str(payload['error']))}", file=sys.stderr)
+        data = payload.get("data")  # the peer's: escaped, for a terminal
+        print(clean(data) if isinstance(data, str) else safe_json(data, separators=(", ", ": ")))
         return EXIT_OK if not payload.get("error") else 1
     state = reply.get("state", "accepted")
     note = {
         "queued": " (peer not connected: queued, resent when it is)",
         "acked": " (ACKed by the peer)",
     }
-    print(f"{reply['msg_id']}{note.get(state, '')}")
+    print(f"{one_line(str(reply['msg_id']))}{note.get(state, '')}")
     return EXIT_OK
 
 
@@ -204,7 +205,7 @@ def notify(topic: str, data: str, *, json: Json = False) -> int:
     if json:
         _print_json(reply)
     elif reply["to"]:
-        print(f"{reply['msg_id']} -> {', '.join(reply['to'])}")
+        print(one_line(f"{reply['msg_id']} -> {', '.join(map(str, reply['to']))}"))
     else:
         print("no peer is connected: nothing sent", file=sys.stderr)
     return EXIT_OK
@@ -293,7 +294,7 @@ def listen(
         for item in client.listen(
             since=since, count=count, events=events, ack=not peek, reconnect=reconnect
         ):
-            sys.stdout.write(json.dumps(item, separators=(",", ":"), ensure_ascii=False) + "\n")
+            sys.stdout.write(safe_json(item) + "\n")
             sys.stdout.flush()
     finally:
         client.close()
@@ -361,15 +362,15 @@ INBOX_SUMMARY_MIN = 16  # ... but show at least this much of each summary
 
 
 def _one_line(text: str) -> str:
-    """Text from a peer made safe for one terminal line: no control characters, one space runs."""
-    text = "".join(ch if ch.isprintable() or ch.isspace() else "?" for ch in text)
-    return " ".join(text.split())
+    """Text from a peer made safe for one terminal line: whitespace runs (newlines too) become one
+    space, and what a terminal would act on is escaped (acp.text.one_line)."""
+    return one_line(" ".join(text.split()))
 
 
 def _compact(value: Any) -> str:
     if isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return safe_json(value)
 
 
 def _summary(item: dict[str, Any]) -> tuple[str, str, str, str]:
@@ -401,7 +402,9 @@ def _summary(item: dict[str, Any]) -> tuple[str, str, str, str]:
 def _inbox_lines(messages: list[dict[str, Any]]) -> list[str]:
     rows = []
     for m in messages:
-        sender, kind, msg_id, text = (_one_line(f) for f in _summary(m))
+        sender, kind, msg_id, text = _summary(m)
+        sender, kind, msg_id = _one_line(sender), _one_line(kind), _one_line(msg_id)
+        text = " ".join(text.split())  # escaped below, where it is cut to fit
         if m.get("read"):
             text = f"(read) {text}"
         rows.append((str(m.get("seq", "?")), sender, kind, msg_id, text))
@@ -422,9 +425,7 @@ def _inbox_lines(messages: list[dict[str, Any]]) -> list[str]:
             ]
         )
         room = max(INBOX_SUMMARY_MIN, width - len(head) - 2)
-        if len(text) > room:
-            text = text[: room - 1] + "…"
-        lines.append(f"{head}  {text}".rstrip())
+        lines.append(f"{head}  {one_line(text, room)}".rstrip())
     return lines
 
 
@@ -468,38 +469,85 @@ def _ago(ts: float | None) -> str:
     )
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
+def _table(
+    rows: list[list[str]], header: list[str], *, below: list[str | None] | None = None
+) -> str:
+    """Aligned columns; ``below[i]``, if any, is a line printed under row i."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if below is not None and below[i]:
+            lines.append(str(below[i]))
     return "\n".join(lines)
 
 
+def _card_skills(row: dict[str, Any]) -> list[str]:
+    """The skills a peer's card claims (``card.skills`` of a `peers` row), strings only."""
+    card = row.get("card")
+    skills = card.get("skills") if isinstance(card, dict) else None
+    return [s for s in skills if isinstance(s, str)] if isinstance(skills, list) else []
+
+
+def _card_line(row: dict[str, Any]) -> str | None:
+    """The second line of a peer with a card: its skills and description, escaped (the peer
+    wrote them), indented so that it cannot pass for a row, within CARD_WIDTH columns."""
+    card = row.get("card")
+    if not isinstance(card, dict):
+        return None
+    parts = []
+    if skills := _card_skills(row):
+        parts.append("skills: " + ", ".join(skills))
+    description = card.get("description")
+    if isinstance(description, str) and description.strip():
+        parts.append(" ".join(description.split()))
+    if not parts:
+        return None
+    return "  " + one_line(" | ".join(parts), CARD_WIDTH - 2)
+
+
+CARD_WIDTH = 79  # the card line under a peer's row stays within this
+
+
 @app.command
-def peers(*, json: Json = False) -> int:
+def peers(*, skill: str | None = None, json: Json = False) -> int:
     """List known peers: state, address, where they came from, RTT, fingerprint and last error.
 
     States: connected, connecting, discovered, waiting (the lower agent_id dials), backoff (next try
     shown), key_changed (run `acp trust` or `acp forget`), refused, stale, idle (no address known).
+    A peer that sent an agent card gets a second, indented line: the skills and description it
+    claims (what the peer says, not checked by anyone).
 
     Examples:
 
         acp peers
+        acp peers --skill code-review
         acp peers --json | jq '.[] | select(.status == "connected") | .id'
+
+    Parameters
+    ----------
+    skill
+        Only peers whose agent card lists this skill (exact name, as in `card.skills`).
     """
     with Client() as c:
         rows = c.peers()
+    if skill is not None:
+        rows = [p for p in rows if skill in _card_skills(p)]
     if json:
         _print_json(rows)
         return EXIT_OK
     if not rows:
+        if skill is not None:
+            print(f"no known peer lists the skill '{one_line(skill, 80)}'", file=sys.stderr)
+            return EXIT_OK
         print(
             "no peers known yet (mDNS finds peers on the LAN; static ones go in config.toml [[peers]])"
         )
         return EXIT_OK
     table = []
+    cards: list[str | None] = []
     for p in rows:
-        state = p["status"]
+        state = str(p["status"])
         if p.get("next_try_in") is not None:
             state += f" ({p['next_try_in']:.0f}s)"
         addr = f"{p['addr']}:{p['port']}" if p.get("addr") else "-"
@@ -511,19 +559,19 @@ def peers(*, json: Json = False) -> int:
             error = (
                 f"announced key {p['announced_fingerprint']} differs from the pinned one. {error}"
             )
-        table.append(
-            [
-                p["id"],
-                state,
-                addr,
-                p.get("source") or "-",
-                rtt,
-                _ago(p.get("last_seen")),
-                p.get("fingerprint") or "-",
-                str(p.get("queued", 0)),
-                error[:80],
-            ]
-        )
+        cells = [
+            str(p["id"]),
+            state,
+            addr,
+            str(p.get("source") or "-"),
+            rtt,
+            _ago(p.get("last_seen")),
+            str(p.get("fingerprint") or "-"),
+            str(p.get("queued", 0)),
+        ]
+        # every cell may hold what a peer said (BYE reasons, ids): escaped, one line each
+        table.append([one_line(cell, 80) for cell in cells] + [one_line(str(error), 80)])
+        cards.append(_card_line(p))
     print(
         _table(
             table,
@@ -538,6 +586,7 @@ def peers(*, json: Json = False) -> int:
                 "QUEUED",
                 "LAST ERROR",
             ],
+            below=cards,
         )
     )
     return EXIT_OK
@@ -563,9 +612,9 @@ def status(*, json: Json = False) -> int:
         return EXIT_OK
     print(f"agent_id     {st['agent_id']}")
     print(f"fingerprint  {st['fingerprint']}")
-    print(f"listening    port {st['port']} (IPC {st['home']}/acp.sock)")
+    print(f"listening    port {st['port']} (IPC {one_line(str(st['home']))}/acp.sock)")
     print(f"uptime       {st['uptime']:.0f}s   version {st['version']}   pid {st['pid']}")
-    print(f"trust        {st['trust']}   mDNS {st['mdns']}")
+    print(f"trust        {st['trust']}   mDNS {one_line(str(st['mdns']), 200)}")
     print(f"peers        {st['peers_connected']} connected of {st['peers_known']} known")
     print(
         f"messages     {st['messages_sent']} sent (ACKed), {st['messages_received']} received, "
@@ -575,7 +624,7 @@ def status(*, json: Json = False) -> int:
     print(f"inbox        {st.get('unread', st.get('inbox'))} unread{stored}")
     print(f"outbox       {st['queued']} queued")
     for warning in st.get("warnings", []):
-        print(f"warning      {warning}")
+        print(f"warning      {one_line(str(warning), 300)}")  # may quote what a peer announced
     return EXIT_OK
 
 
@@ -675,6 +724,65 @@ def forget(agent: str, *, json: Json = False) -> int:
 
 
 @app.command
+def card(*, reload: bool = False, json: Json = False) -> int:
+    """Show this daemon's agent card: what it tells peers it can do ([agent] in config.toml).
+
+    Peers see it in `acp peers` (and filter with `acp peers --skill NAME`). After editing
+    config.toml, `--reload` sends the new card to every connected peer without a restart.
+
+    Examples:
+
+        acp card
+        acp card --reload
+
+    Parameters
+    ----------
+    reload
+        Read [agent] from config.toml again and send it to the connected peers.
+    """
+    with Client() as c:
+        out = c.request("card", **({"reload": True} if reload else {}))
+    if json:
+        _print_json({k: v for k, v in out.items() if k not in ("ok", "req")})
+        return EXIT_OK
+    shown = out.get("card")
+    if not shown:
+        print("no agent card: add [agent] with description and skills to config.toml")
+    else:
+        if shown.get("description"):
+            print(f"description  {shown['description']}")
+        print(f"skills       {', '.join(shown.get('skills') or []) or '-'}")
+        if shown.get("card"):
+            print(f"card         {_dumps_compact(shown['card'])}")
+    if reload:
+        print(f"sent to {out.get('sent_to', 0)} connected peer(s)")
+    return EXIT_OK
+
+
+def _dumps_compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+@app.command
+def mcp() -> int:
+    """Serve acp to a model as MCP tools over stdin/stdout (for Claude Code and other MCP clients).
+
+    Tools: peers, send, reply, inbox, ack, wait, status; new envelopes are also announced as
+    `notifications/claude/channel` hints. It talks to the daemon of $ACP_HOME (start that with
+    `acp daemon`) and rides out its restarts. Needs the MCP SDK:
+    `pipx inject acp-daemon 'mcp>=2.3'` or `pip install 'acp-daemon[mcp]'`.
+
+    Examples:
+
+        claude mcp add acp -- acp mcp
+        ACP_HOME=/tmp/a acp mcp
+    """
+    from acp.mcp_server import run  # the MCP SDK loads here, and only here
+
+    return run()
+
+
+@app.command
 def daemon(
     *,
     port: int | None = None,
@@ -711,13 +819,15 @@ def daemon(
     from acp.config import Config
     from acp.daemon import run_daemon
 
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s"
-        if _journald()
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _safe_log_formatter(
+            "%(levelname)s %(name)s: %(message)s"
+            if _journald()
+            else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     )
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
     if not debug:
         logging.getLogger("zeroconf").setLevel(logging.WARNING)
     config = Config.load(agent_id=agent_id, port=port, mdns=None if mdns else False)
@@ -729,6 +839,25 @@ def daemon(
             raise
         raise error from None
     return EXIT_OK
+
+
+def _safe_log_formatter(fmt: str) -> Any:
+    """A log formatter that escapes every line it writes (acp.text), behind the escaping each
+    log call does for what a peer sent: one record is one line, and a traceback keeps its line
+    breaks but nothing a terminal (``journalctl``, ``tail -f``) would act on."""
+    import logging
+
+    class SafeFormatter(logging.Formatter):
+        def formatMessage(self, record: logging.LogRecord) -> str:
+            return one_line(super().formatMessage(record))
+
+        def formatException(self, ei: Any) -> str:
+            return clean(super().formatException(ei))
+
+        def formatStack(self, stack_info: str) -> str:
+            return clean(super().formatStack(stack_info))
+
+    return SafeFormatter(fmt)
 
 
 def lone_acp_error(group: BaseExceptionGroup[BaseException]) -> AcpError | None:
@@ -754,7 +883,9 @@ def main(argv: list[str] | None = None) -> int:
     except AcpError as exc:
         if debug:
             raise
-        print(f"acp: {exc.message}", file=sys.stderr)
+        # The daemon's errors may quote a peer (an ACK's error code, an id): one escaped line.
+        message = one_line(exc.message) if isinstance(exc, RequestFailed) else clean(exc.message)
+        print(f"acp: {message}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED

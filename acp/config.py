@@ -17,6 +17,7 @@ import attrs
 
 from acp.errors import ConfigError
 from acp.model import agent_id_from_hostname, check_agent_id, decode_key
+from acp.proto.card import AgentCard
 from acp.proto.delivery import OUTBOX_LIMIT, OUTBOX_TTL
 from acp.proto.handshake import TRUST_POLICIES
 from acp.proto.inbox import INBOX_LIMIT
@@ -106,6 +107,7 @@ class Config:
     outbox_limit: int = OUTBOX_LIMIT
     outbox_ttl: float = OUTBOX_TTL
     stats_interval: float = 300.0
+    agent: AgentCard | None = None  # [agent]: this daemon's card, sent to peers
 
     @property
     def socket_path(self) -> Path:
@@ -232,6 +234,7 @@ class Config:
             outbox_limit=positive("outbox_limit", OUTBOX_LIMIT),
             outbox_ttl=float(positive("outbox_ttl", OUTBOX_TTL, (int, float))),
             stats_interval=float(positive("stats_interval", 300.0, (int, float))),
+            agent=AgentCard.from_toml(data["agent"], str(path)) if "agent" in data else None,
         )
 
 

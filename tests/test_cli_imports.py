@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("trio", "zeroconf", "nacl", "rich", "ifaddr")
+HEAVY = ("trio", "zeroconf", "nacl", "rich", "ifaddr", "mcp")
 
 PROBE = """
 import json, sys
@@ -24,7 +24,13 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
 
 @pytest.mark.parametrize(
     "argv",
-    [["status"], ["peers", "--json"], ["send", "agent-two", "hi"], ["listen", "--count", "1"], ["id"]],
+    [
+        ["status"],
+        ["peers", "--json"],
+        ["send", "agent-two", "hi"],
+        ["listen", "--count", "1"],
+        ["id"],
+    ],
 )
 def test_client_commands_do_not_import_the_daemon(argv: list[str], tmp_path: Path) -> None:
     # No daemon at this ACP_HOME: each command fails fast (exit 69), after its imports.

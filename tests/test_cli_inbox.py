@@ -156,12 +156,13 @@ def test_inbox_passes_filters_and_hints_at_the_next_page(
 
 
 def test_inbox_shows_no_terminal_control_characters_from_a_peer(
-    fake: FakeDaemon, capsys: pytest.CaptureFixture[str]
+    fake: FakeDaemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(cli, "INBOX_WIDTH", 120)
     fake.add(query(1, "one\ntwo\x1b[2J\x07 end"))
     out = run(capsys, "inbox")[1]
     assert "\x1b" not in out and "\x07" not in out and out.count("\n") == 1
-    assert out.endswith("  one two?[2J? end\n")
+    assert out.endswith("  one two\\x1b[2J\\x07 end\n")  # escaped (acp.text), not acted on
 
 
 # -- ack ------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from acp.model import decode_key, is_agent_id
 from acp.net.node import Node
 from acp.net.peer import Peer
 from acp.proto.backoff import Backoff
+from acp.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ class Discovery:
         node.discovered(ann.agent_id, ann.pubkey, host, ann.port, boot=ann.boot, fresh=fresh)
 
     def _warn(self, message: str) -> None:
-        log.warning("mDNS: %s", message)
+        log.warning("mDNS: %s", one_line(message, 300))
         warnings = self.node.warnings
         if message not in warnings:
             warnings.append(message)

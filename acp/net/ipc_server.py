@@ -523,6 +523,34 @@ class IpcServer:
             counters=stats.snapshot(),
         )
 
+    def cmd_card(
+        self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery
+    ) -> dict[str, Any] | None:
+        """Our agent card; with ``reload``, read config.toml's [agent] again and send it to the
+        connected peers."""
+        if not r.args.get("reload"):
+            card = self.node.card
+            return ipc.ok_reply(r.req, card=card.to_json() if card is not None else None)
+        nursery.start_soon(self._reload_card, conn, r)
+        return None
+
+    async def _reload_card(self, conn: IpcConn, r: ipc.Request) -> None:
+        from acp.config import Config
+
+        node = self.node
+        old = node.config
+        try:
+            fresh = await trio.to_thread.run_sync(
+                lambda: Config.load(old.home, agent_id=old.agent_id, port=old.port, mdns=old.mdns)
+            )
+        except ConfigError as exc:
+            conn.send(ipc.error_reply(ipc.BAD_REQUEST, exc.message, r.req))
+            return
+        sent = node.set_card(fresh.agent)
+        log.info("agent card reloaded from config.toml; sent to %d connected peer(s)", sent)
+        card = fresh.agent.to_json() if fresh.agent is not None else None
+        conn.send(ipc.ok_reply(r.req, card=card, sent_to=sent))
+
     def cmd_id(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
         node = self.node
         return ipc.ok_reply(

@@ -16,6 +16,7 @@ from acp.errors import ConfigError, HandshakeError, ProtocolError
 from acp.net import handshake
 from acp.net.node import Node
 from acp.proto import handshake as hs
+from acp.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +91,17 @@ async def _handle(node: Node, limiter: trio.CapacityLimiter, stream: trio.Socket
         )
     except hs.Refused as exc:
         node.stats.inc(f"handshakes_refused.{exc.reason}")
-        log.warning("refused connection from %s: %s", _peer(stream), exc)
+        log.warning("refused connection from %s: %s", _peer(stream), one_line(str(exc), 200))
     except (HandshakeError, ProtocolError) as exc:
         node.stats.inc("handshakes_refused.bad_handshake")
-        log.warning("refused connection from %s: %s", _peer(stream), exc)
+        log.warning("refused connection from %s: %s", _peer(stream), one_line(str(exc), 200))
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         node.stats.inc("handshakes_refused.connection_lost")
-        log.info("incoming connection from %s lost during the handshake: %s", _peer(stream), exc)
+        log.info(
+            "incoming connection from %s lost during the handshake: %s",
+            _peer(stream),
+            one_line(str(exc), 200),
+        )
     except Exception:
         log.exception(
             "incoming connection from %s: unexpected error in the handshake", _peer(stream)

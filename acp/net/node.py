@@ -27,9 +27,11 @@ from acp.net.peer import BACKOFF, KEY_CHANGED, REFUSED, Peer
 from acp.net.stats import Stats
 from acp.proto import handshake as hs
 from acp.proto import ipc
+from acp.proto.card import AgentCard
 from acp.proto.delivery import SEEN_WINDOW, OutboxEntry, OutboxFull, SeenWindow
 from acp.proto.inbox import EVENT, PAGE, Item, LocalInbox
 from acp.store import Database, Loaded, PeerStore
+from acp.text import one_line
 
 if TYPE_CHECKING:
     from acp.net.ipc_server import IpcConn
@@ -100,6 +102,8 @@ class Node:
         self.mdns_state = "off"  # off | starting | running | failed: ... (see discovery.py)
         self.warnings: list[str] = []  # shown by `acp status` (e.g. our agent_id claimed elsewhere)
         self.sessions_changed = trio.Event()
+        self.card = config.agent
+        self.card_frame: bytes | None = config.agent.frame() if config.agent else None
         self.on_peer_added: Any = None  # set by the peer manager: starts a supervisor
         self.on_dial_failed: Any = None  # set by discovery: a failed dial asks mDNS again
 
@@ -256,6 +260,17 @@ class Node:
                 self.stats.inc("peers_stale")
                 self.remove_peer(peer.agent_id, "stale")
 
+    def set_card(self, card: AgentCard | None) -> int:
+        """Our agent card changed: send it to every connected peer; returns how many."""
+        self.card = card
+        self.card_frame = card.frame() if card is not None else AgentCard().frame()
+        sent = 0
+        for peer in self.peers.values():
+            if peer.active is not None:
+                peer.active.send_card(self.card_frame)
+                sent += 1
+        return sent
+
     # -- the durable store -------------------------------------------------------------------------
 
     def restore(self, loaded: Loaded) -> None:
@@ -401,7 +416,12 @@ class Node:
             self.holding.add(peer)
         else:
             self.stats.inc("acks_refused")
-            log.warning("peer %s refused envelope %s: %s", peer.agent_id, ack.id, ack.error)
+            log.warning(
+                "peer %s refused envelope %s: %s",
+                peer.agent_id,
+                one_line(ack.id, 100),
+                one_line(str(ack.error), 100),
+            )
             self.undelivered(entry, peer.agent_id, ack.error or "refused")
 
     def _flush_drops(self) -> None:
@@ -413,7 +433,8 @@ class Node:
     def undelivered(self, entry: OutboxEntry, to: str, reason: str) -> None:
         """Tell the sender (if still connected) and every subscriber that an envelope is lost,
         and store that outcome as an inbox item (PROTOCOL.md §7, §8.1)."""
-        self.stats.inc(f"undelivered.{reason}")
+        # a peer chooses its ACK error codes: one counter per code it makes up would grow forever
+        self.stats.inc(f"undelivered.{reason if reason in KNOWN_REASONS else 'other'}")
         if entry.row:
             self.db.submit(store.delete_outbox([entry.row]), self._store_failed)
         event = {"event": "undelivered", "msg_id": entry.id, "to": to, "reason": reason}
@@ -469,7 +490,7 @@ class Node:
                 why = f"{env.from_} holds its share ({self.local.per_sender}) of the inbox"
             else:
                 why = f"the inbox holds {self.local.limit} unread envelopes"
-            log.info("inbox full: %s; %s is offered again later", why, env.id)
+            log.info("inbox full: %s; %s is offered again later", why, one_line(env.id, 100))
             session.send_ack(Ack(env.id, False, error))
             return
         self.seen.add(env.from_, env.id, now)
@@ -636,6 +657,11 @@ class Node:
         self.db.submit(store.mark_read(seqs, _now_ms()), stored)
 
 
+# undelivered reasons with a counter of their own: ours, and the ACK error codes of PROTOCOL.md §6
+KNOWN_REASONS = frozenset(
+    {"expired", "forgotten", "stale", "gone", "refused", "from_mismatch", "to_mismatch"}
+    | {"unknown_kind", "invalid_payload", "invalid_envelope", "too_large", "not_trusted"}
+)
 INBOX_FULL_RETRY = 5.0  # seconds before envelopes refused with inbox_full are offered again
 
 

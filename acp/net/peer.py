@@ -26,9 +26,11 @@ from acp.errors import EnvelopeError, ProtocolError
 from acp.model import Ack, Envelope, encode_key, fingerprint
 from acp.proto import envelope as envelope_mod
 from acp.proto import session as frames
+from acp.proto.card import AgentCard
 from acp.proto.delivery import Outbox
 from acp.proto.framing import FrameDecoder
 from acp.proto.noise import TransportKeys
+from acp.text import one_line
 
 if TYPE_CHECKING:
     from acp.net.stats import Stats
@@ -45,6 +47,10 @@ class SessionHost(Protocol):
 
     @property
     def peers(self) -> Mapping[str, Peer]: ...
+
+    @property
+    def card_frame(self) -> bytes | None:
+        """Our agent card as a CARD frame's plaintext, or None without one."""
 
     def deliver(self, session: Session, peer: Peer, env: Envelope, body: bytes) -> None:
         """Store an inbound envelope; the host calls ``session.send_ack`` when decided."""
@@ -185,9 +191,10 @@ class Session:
                     reason = str(eg.exceptions[0])
                 except* ProtocolError as eg:
                     exc = eg.exceptions[0]
-                    reason = f"protocol error: {exc}"
+                    why = one_line(str(exc), 200)  # it may quote what the peer sent
+                    reason = f"protocol error: {why}"
                     node.stats.inc("protocol_errors")
-                    log.warning("peer %s: %s; closing the session", peer.agent_id, exc)
+                    log.warning("peer %s: %s; closing the session", peer.agent_id, why)
                     self.bye_reason = f"protocol error: {exc}"
                 except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as eg:
                     reason = f"connection lost: {eg.exceptions[0]!r}"
@@ -285,9 +292,34 @@ class Session:
             sent = self._pings.pop(frame.data, None)
             if sent is not None:
                 self.peer.rtt = trio.current_time() - sent
+        elif isinstance(frame, frames.CardFrame):
+            self._on_card(frame.body)
         elif isinstance(frame, frames.Bye):
-            raise SessionEnded(f"peer said BYE: {frame.reason[:200]}")
+            raise SessionEnded(f"peer said BYE: {one_line(frame.reason, 200)}")
         # Unknown frame types are ignored (PROTOCOL.md §5).
+
+    def _on_card(self, body: bytes) -> None:
+        """The peer's agent card: shown, never trusted; a bad one is ignored, not fatal."""
+        try:
+            card = AgentCard.from_wire(body)
+        except ProtocolError as exc:
+            self.node.stats.inc("cards_refused")
+            log.warning(
+                "peer %s: ignored its agent card: %s", self.peer.agent_id, one_line(str(exc), 200)
+            )
+            return
+        if card != self.peer.card:
+            self.peer.card = card
+            self.node.stats.inc("cards_received")
+            log.info(
+                "peer %s: agent card received (%d skill(s))", self.peer.agent_id, len(card.skills)
+            )
+
+    def send_card(self, frame: bytes) -> None:
+        """Queue our agent card for the peer (at session start, and when it changes)."""
+        if not self.end_reason and len(self.control) < CONTROL_LIMIT:
+            self.control.append(frame)
+            self.wake.set()
 
     def _on_envelope(self, body: bytes) -> None:
         node = self.node
@@ -300,7 +332,10 @@ class Session:
                 raise
             node.stats.inc(f"envelopes_refused.{exc.code}")
             log.warning(
-                "peer %s: refused envelope %s: %s", self.peer.agent_id, exc.envelope_id, exc
+                "peer %s: refused envelope %s: %s",
+                self.peer.agent_id,
+                one_line(exc.envelope_id, 100),
+                one_line(str(exc), 200),
             )
             self.queue_control(frames.encode_ack(Ack(exc.envelope_id, False, exc.code)))
             return
@@ -334,6 +369,7 @@ class Peer:
     said_goodbye: bool = False  # mDNS goodbye received since the last announcement
     last_poke: float = -1e9  # trio clock
     notify: Callable[[], None] | None = None  # the node's "sessions changed"
+    card: AgentCard | None = None  # what the peer says it can do (acp/proto/card.py)
 
     def set_state(self, state: str) -> None:
         """The one place a peer's state (what `acp peers` shows) changes."""
@@ -379,6 +415,9 @@ class Peer:
                 return False
             current.close("replaced by a newer session", bye="replaced by a newer session")
         self.active = session
+        card = session.node.card_frame
+        if card is not None:
+            session.send_card(card)
         self.outbox.session_lost()  # anything in flight on the old session is resent here
         self.set_state(CONNECTED)
         self.last_error = None
@@ -429,4 +468,5 @@ class Peer:
             else None,
             "last_error": self.last_error,
             "announced_fingerprint": fingerprint(self.key_changed) if self.key_changed else None,
+            "card": self.card.to_json() if self.card is not None else None,
         }

@@ -20,6 +20,7 @@ from acp.net.node import Node
 from acp.net.peer import BACKOFF, CONNECTING, DISCOVERED, IDLE, KEY_CHANGED, REFUSED, WAITING, Peer
 from acp.proto import handshake as hs
 from acp.proto.backoff import Backoff
+from acp.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +152,17 @@ class PeerManager:
                 node.on_dial_failed(peer)
             return False
         except hs.Refused as exc:
-            peer.last_error = str(exc)
+            peer.last_error = one_line(str(exc), 200)  # may quote what the peer answered
             node.stats.inc(f"handshakes_refused.{exc.reason}")
-            log.warning("peer %s: %s", peer.agent_id, exc)
+            log.warning("peer %s: %s", peer.agent_id, peer.last_error)
             return False
         except (OSError, HandshakeError, ProtocolError, trio.BrokenResourceError) as exc:
-            peer.last_error = f"dial {host}:{port}: {exc}"
+            why = one_line(str(exc), 200)
+            peer.last_error = f"dial {host}:{port}: {why}"
             node.stats.inc("dial_failures")
             if node.on_dial_failed is not None:
                 node.on_dial_failed(peer)
-            log.info("peer %s: dial %s:%s failed: %s", peer.agent_id, host, port, exc)
+            log.info("peer %s: dial %s:%s failed: %s", peer.agent_id, host, port, why)
             return False
         node.stats.inc("sessions_outbound")
         rec = node.store.get(peer.agent_id)

@@ -8,6 +8,8 @@ from collections import Counter
 import trio
 import trio_util
 
+from acp.text import one_line
+
 log = logging.getLogger(__name__)
 
 
@@ -36,5 +38,6 @@ async def run(
     async for _ in trio_util.periodic(interval):
         snap = stats.snapshot()
         if snap != last:
-            log.info("stats %s", " ".join(f"{k}={v}" for k, v in snap.items()))
+            # a key may end in a code a peer chose (undelivered.<its ACK error>): escaped
+            log.info("stats %s", " ".join(f"{one_line(k, 100)}={v}" for k, v in snap.items()))
             last = snap

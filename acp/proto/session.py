@@ -21,6 +21,7 @@ ACK = 0x02
 PING = 0x03
 PONG = 0x04
 BYE = 0x05
+CARD = 0x06  # extension: the sender's agent card (acp/proto/card.py)
 
 MAX_PLAINTEXT = MAX_FRAME - TAGLEN  # 65519: type byte + body
 MAX_BODY = MAX_PLAINTEXT - 1  # 65518 (§6)
@@ -55,11 +56,16 @@ class Bye:
 
 
 @attrs.frozen
+class CardFrame:
+    body: bytes
+
+
+@attrs.frozen
 class Unknown:
     type: int
 
 
-Frame = EnvelopeFrame | AckFrame | Ping | Pong | Bye | Unknown
+Frame = EnvelopeFrame | AckFrame | Ping | Pong | Bye | CardFrame | Unknown
 
 
 def encode_envelope(body: bytes) -> bytes:
@@ -116,4 +122,6 @@ def decode(plaintext: bytes) -> Frame:
         return Pong(body)
     if kind == BYE:
         return Bye(body.decode("utf-8", "replace"))
+    if kind == CARD:
+        return CardFrame(body)
     return Unknown(kind)

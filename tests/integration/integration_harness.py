@@ -72,7 +72,7 @@ def no_traceback(text: str) -> bool:
 
 
 def toml_value(value: Any) -> str:
-    """A Python bool, number, string or list of them as a TOML value."""
+    """A Python bool, number, string, list or dict of them as a TOML value."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -81,6 +81,8 @@ def toml_value(value: Any) -> str:
         return json.dumps(value)  # a TOML basic string for anything printable
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"no TOML form for {value!r}")
 
 

@@ -32,7 +32,9 @@ class Sink:
         self.acks.append(ack)
 
 
-async def arrive(node: Node, peer: Peer, env_id: str, sink: Sink | None = None, **extra: Any) -> Ack:
+async def arrive(
+    node: Node, peer: Peer, env_id: str, sink: Sink | None = None, **extra: Any
+) -> Ack:
     """Deliver one envelope from ``peer`` and return the ACK it got once the store committed."""
     sink = sink or Sink()
     body = json.dumps(notify(peer.agent_id, node.agent_id, env_id, **extra)).encode()

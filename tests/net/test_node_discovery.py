@@ -25,7 +25,9 @@ async def test_first_announcement_adds_an_mdns_peer(tmp_path: Path) -> None:
     assert peer.key_changed is None
 
 
-async def test_a_key_other_than_the_pin_marks_key_changed_and_keeps_the_address(tmp_path: Path) -> None:
+async def test_a_key_other_than_the_pin_marks_key_changed_and_keeps_the_address(
+    tmp_path: Path,
+) -> None:
     node = make_node(tmp_path, "alpha")
     pinned, other = key(), key()
     node.store.pin("beta", pinned)
