@@ -124,6 +124,7 @@ class Session:
     started: float = 0.0
     end_reason: str = ""
     bye_reason: str | None = None
+    mid_write: bool = False  # the writer is inside send_all (a BYE must not follow a cut write)
     _pings: dict[bytes, float] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
@@ -206,7 +207,7 @@ class Session:
             self.end_reason = self.end_reason or reason or "closed"
             peer.session_ended(self)
             with trio.CancelScope(shield=True), trio.move_on_after(BYE_GRACE):
-                if self.bye_reason is not None:
+                if self.bye_reason is not None and not self.mid_write:
                     try:
                         await self.stream.send_all(
                             _frame(self.keys, frames.encode_bye(self.bye_reason))
@@ -239,7 +240,11 @@ class Session:
                     stats.inc("envelopes_sent", len(batch))
             if chunks:
                 data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+                # Encrypted already (the nonces moved): if this is cancelled, the stream may end
+                # mid-frame, or without frames the peer's nonces count on, so no BYE may follow.
+                self.mid_write = True
                 await stream.send_all(data)
+                self.mid_write = False
                 self.last_sent = trio.current_time()
                 stats.inc("bytes_sent", len(data))
             else:
