@@ -8,15 +8,32 @@ returns an exit code; AcpError is mapped to stderr and its code here and nowhere
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from cyclopts import App, Parameter
+try:
+    from cyclopts import App, Parameter
+except ModuleNotFoundError as _missing:  # acp/ imported from a clone that was never installed
+    from acp import not_installed
+
+    sys.exit(not_installed(_missing))
 
 from acp import __version__
 from acp.client import Client, delegate_envelope, notify_envelope, query_envelope
-from acp.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, AcpError, RequestFailed
+from acp.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    AcpError,
+    ConfigError,
+    RequestFailed,
+)
 from acp.text import clean, one_line, safe_json
 
 app = App(
@@ -30,7 +47,11 @@ Json = Annotated[bool, Parameter(negative="", help="Print JSON instead of text."
 
 
 def _print_json(obj: Any) -> None:
-    print(safe_json(obj))  # what a peer sent may be in it: C1 and bidi \u-escaped
+    """Every --json output goes through here: the IPC's ``req`` (the request number of a
+    connection that is gone) is dropped, and what a peer sent is escaped (C1 and bidi)."""
+    if isinstance(obj, dict) and "req" in obj:
+        obj = {k: v for k, v in obj.items() if k != "req"}
+    print(safe_json(obj))
 
 
 def _parse_data(text: str) -> Any:
@@ -60,6 +81,96 @@ def _parse_object(text: str | None, what: str) -> dict[str, Any] | None:
     return obj
 
 
+ENVELOPE_LIMIT = 65518  # bytes of compact envelope JSON: acp.proto.envelope.MAX_ENVELOPE (which
+# is not imported here: it loads the crypto core)
+READ_LIMIT = 1 << 20  # what `-` and --file read at most: the daemon's IPC line cap
+MAX_WAIT = 3600.0  # the daemon's longest --timeout / --wait
+AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")  # as acp.model.is_agent_id
+
+FileOption = Annotated[Path | None, Parameter(name="--file", negative="")]
+
+
+def _text_arg(value: str | None, file: Path | None, what: str) -> str:
+    """MESSAGE, TASK or DATA as given: the argument itself, `-` for stdin, or --file PATH (read as
+    UTF-8; one trailing newline is dropped, as `$(cat FILE)` would)."""
+    if value is not None and file is not None:
+        raise _usage_error(f"give {what} or --file PATH, not both")
+    if file is None and value != "-":
+        if value is None:
+            raise _usage_error(f"give {what}, or - to read it from stdin, or --file PATH")
+        return value
+    source = "stdin" if file is None else f"--file {file}"
+    try:
+        if file is None:
+            raw = sys.stdin.buffer.read(READ_LIMIT + 1)
+        else:
+            with open(file, "rb") as f:
+                raw = f.read(READ_LIMIT + 1)
+    except OSError as exc:
+        raise _usage_error(f"cannot read {source}: {exc.strerror or exc}") from None
+    if len(raw) > READ_LIMIT:
+        big = AcpError(
+            f"{what} from {source} is over {READ_LIMIT} bytes; an envelope is at most "
+            f"{ENVELOPE_LIMIT} bytes of JSON",
+            code="too_large",
+        )
+        big.exit_code = EXIT_USAGE
+        raise big
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _usage_error(f"{what} from {source} is not UTF-8 text ({exc.reason})") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _check_agent(value: str, what: str) -> str:
+    if not AGENT_ID.match(value):
+        raise _usage_error(
+            f"{what} {one_line(repr(value), 80)} is not an agent_id: use 1-63 characters of "
+            "A-Z a-z 0-9 . _ -, starting with a letter or digit (see `acp peers`)"
+        )
+    return value
+
+
+def _check_seconds(value: float | None, what: str, *, zero: bool = False) -> None:
+    if value is None:
+        return
+    low = 0 <= value if zero else 0 < value
+    if not (low and value <= MAX_WAIT):
+        least = "0 or more" if zero else "more than 0"
+        raise _usage_error(f"{what} must be {least} and at most {MAX_WAIT:g} seconds")
+
+
+def _check_seq(value: int | None, what: str) -> None:
+    if value is not None and value < 0:
+        raise _usage_error(f"{what} must be a seq: 0 or more (as `acp inbox --json` shows)")
+
+
+@contextmanager
+def _waiting(msg_id: str, mode: str) -> Iterator[None]:
+    """Around a send: on a timeout, a failed delivery or Ctrl-C, say which message id it was, so
+    that a late reply (whose reply_to is that id) can still be matched."""
+    late = "a late reply can be matched with `acp inbox` (its reply_to is that id)"
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(
+            f"acp: interrupted; message id {msg_id} (sent if the daemon accepted it): {late}",
+            file=sys.stderr,
+        )
+        raise
+    except RequestFailed as exc:
+        if exc.code in ("timeout", "undelivered"):
+            said = exc.message if msg_id in exc.message else f"{exc.message}; message id {msg_id}"
+            if exc.code == "timeout" and mode == "response":
+                said += f": {late}"
+            elif exc.code == "timeout":
+                said += ": `acp inbox` shows an undelivered event with that id if it is given up"
+            exc.message = said
+            exc.args = (said,)
+        raise
+
+
 def _report_sent(reply: dict[str, Any], as_json: bool) -> int:
     if as_json:
         _print_json(reply)
@@ -84,11 +195,23 @@ def _wait_mode(wait: bool, acked: bool) -> str:
     return "response" if wait else "acked" if acked else "accepted"
 
 
-@app.command
+Text = Annotated[str | None, Parameter(allow_leading_hyphen=True)]  # `-` (stdin), "-5 °C"
+
+
+def _send(agent: str, env: dict[str, Any], mode: str, timeout: float) -> dict[str, Any]:
+    """Send with an id of our own, so that it can be named even if no reply ever comes."""
+    env["id"] = str(uuid.uuid4())
+    with _waiting(env["id"], mode), Client() as c:
+        return c.send(agent, env, wait=mode, timeout=timeout)
+
+
+@app.command(usage="Usage: acp send [OPTIONS] AGENT (MESSAGE | - | --file PATH)")
 def send(
     agent: str,
-    message: str,
+    message: Text = None,
+    /,
     *,
+    file: FileOption = None,
     wait: bool = False,
     acked: bool = False,
     timeout: float = 30.0,
@@ -99,45 +222,50 @@ def send(
     """Send a query to AGENT.
 
     Prints the message id once the daemon accepted it. With --wait, waits for the response and prints
-    its data; with --acked, waits for the peer's ACK.
+    its data; with --acked, waits for the peer's ACK. When the wait runs out (exit 75) or is
+    interrupted (exit 130), the message id goes to stderr: a late reply names it as its reply_to in
+    `acp inbox`. Size limit: the whole envelope, as compact JSON, may be at most 65518 bytes (64 KiB
+    less the encryption overhead); its other fields and JSON escapes count too.
 
-    Examples:
+    Examples
 
         acp send agent-two "What is the build status?"
         acp send agent-two "Summarise README.md" --wait --timeout 60
+        git diff | acp send agent-two - --wait
+        acp send agent-two --file question.txt --acked
 
     Parameters
     ----------
     agent
         The receiving agent_id (see `acp peers`).
     message
-        The question, as text.
+        The question, as text; - reads it from stdin.
+    file
+        Read the question from this file (UTF-8) instead.
     wait
         Wait for the `response` and print its data.
     acked
         Wait until the peer's daemon ACKs the envelope.
     timeout
-        Seconds to wait with --wait/--acked (exit 75 when they run out).
+        Seconds to wait with --wait/--acked, at most 3600 (exit 75 when they run out).
     domain
         Optional domain hint for the receiving agent.
     budget
         context_budget of the query.
     """
-    with Client() as c:
-        reply = c.send(
-            agent,
-            query_envelope(message, domain=domain, context_budget=budget),
-            wait=_wait_mode(wait, acked),
-            timeout=timeout,
-        )
-    return _report_sent(reply, json)
+    _check_agent(agent, "AGENT")
+    _check_seconds(timeout, "--timeout")
+    env = query_envelope(_text_arg(message, file, "MESSAGE"), domain=domain, context_budget=budget)
+    return _report_sent(_send(agent, env, _wait_mode(wait, acked), timeout), json)
 
 
-@app.command
+@app.command(usage="Usage: acp delegate [OPTIONS] AGENT (TASK | - | --file PATH)")
 def delegate(
     agent: str,
-    task: str,
+    task: Text = None,
+    /,
     *,
+    file: FileOption = None,
     urgent: bool = False,
     report_back: bool = False,
     context: str | None = None,
@@ -148,19 +276,24 @@ def delegate(
 ) -> int:
     """Delegate TASK to AGENT.
 
-    Urgent delegates go ahead of traffic already queued for that peer.
+    Urgent delegates go ahead of traffic already queued for that peer. As with `acp send`, a wait
+    that runs out (exit 75) or is interrupted (exit 130) names the message id on stderr, and the
+    envelope may be at most 65518 bytes of JSON.
 
-    Examples:
+    Examples
 
         acp delegate agent-two "Run the nightly tests" --report-back
         acp delegate agent-two "Stop the deploy" --urgent --context '{"deploy": 42}'
+        acp delegate agent-two --file task.md --report-back --wait --timeout 600
 
     Parameters
     ----------
     agent
         The receiving agent_id.
     task
-        What to do, as text.
+        What to do, as text; - reads it from stdin.
+    file
+        Read the task from this file (UTF-8) instead.
     urgent
         priority "urgent" instead of "normal".
     report_back
@@ -172,36 +305,43 @@ def delegate(
     acked
         Wait until the peer's daemon ACKs the envelope.
     timeout
-        Seconds to wait with --wait/--acked.
+        Seconds to wait with --wait/--acked, at most 3600.
     """
+    _check_agent(agent, "AGENT")
+    _check_seconds(timeout, "--timeout")
     env = delegate_envelope(
-        task, context=_parse_object(context, "--context"), urgent=urgent, report_back=report_back
+        _text_arg(task, file, "TASK"),
+        context=_parse_object(context, "--context"),
+        urgent=urgent,
+        report_back=report_back,
     )
-    with Client() as c:
-        reply = c.send(agent, env, wait=_wait_mode(wait, acked), timeout=timeout)
-    return _report_sent(reply, json)
+    return _report_sent(_send(agent, env, _wait_mode(wait, acked), timeout), json)
 
 
-@app.command
-def notify(topic: str, data: str, *, json: Json = False) -> int:
+@app.command(usage="Usage: acp notify [OPTIONS] TOPIC (DATA | - | --file PATH)")
+def notify(topic: str, data: Text = None, /, *, file: FileOption = None, json: Json = False) -> int:
     """Send a notify to every connected peer.
 
     DATA is parsed as JSON when it is valid JSON, and sent as a string otherwise.
 
-    Examples:
+    Examples
 
         acp notify build-finished '{"ok": true, "commit": "3f2a91c"}'
         acp notify status "going offline for maintenance"
+        acp notify test-report --file report.json
 
     Parameters
     ----------
     topic
         The notify topic.
     data
-        The notify data (JSON or text).
+        The notify data (JSON or text); - reads it from stdin.
+    file
+        Read the data from this file (UTF-8) instead.
     """
+    env = notify_envelope(topic, _parse_data(_text_arg(data, file, "DATA")))
     with Client() as c:
-        reply = c.request("broadcast", envelope=notify_envelope(topic, _parse_data(data)))
+        reply = c.request("broadcast", envelope=env)
     if json:
         _print_json(reply)
     elif reply["to"]:
@@ -211,40 +351,74 @@ def notify(topic: str, data: str, *, json: Json = False) -> int:
     return EXIT_OK
 
 
-@app.command
+@app.command(usage="Usage: acp reply [OPTIONS] MSG_ID (DATA | - | --file PATH)")
 def reply(
     msg_id: str,
-    data: str,
+    data: Text = None,
+    /,
     *,
+    file: FileOption = None,
     to: str | None = None,
     summary: str | None = None,
     error: str | None = None,
+    acked: bool = False,
+    timeout: float = 30.0,
     json: Json = False,
 ) -> int:
     """Answer the envelope MSG_ID with a response carrying DATA.
 
-    The daemon remembers who sent recent inbound envelopes; use --to for older ones.
+    The daemon remembers who sent recent inbound envelopes; use --to for older ones. With --error,
+    DATA may be left out (it is then null).
 
-    Examples:
+    Examples
 
         acp reply 5fc85a12-416f-4cd5-b1f5-e8cd54608d14 "all green"
         acp reply 5fc85a12-... '{"passed": 120, "failed": 0}' --summary "tests pass"
+        make test 2>&1 | tail -n 20 | acp reply 5fc85a12-... - --acked
+        acp reply 5fc85a12-... --error "delegated tasks need a human's approval here"
 
     Parameters
     ----------
     msg_id
-        The id of the envelope being answered (from `acp listen`).
+        The id of the envelope being answered (from `acp inbox` or `acp listen`).
     data
-        The response data (JSON or text).
+        The response data (JSON or text); - reads it from stdin.
+    file
+        Read the data from this file (UTF-8) instead.
     to
         The agent to answer, if the daemon no longer remembers MSG_ID.
     summary
         Optional one-line summary.
     error
         Report an error instead of a result.
+    acked
+        Wait until the peer's daemon ACKs the response.
+    timeout
+        Seconds to wait with --acked, at most 3600 (exit 75 when they run out).
     """
-    with Client() as c:
-        sent = c.reply(msg_id, _parse_data(data), to=to, summary=summary, error=error)
+    if not msg_id:
+        raise _usage_error("MSG_ID is empty: give the id of the envelope to answer")
+    if to is not None:
+        _check_agent(to, "--to")
+    _check_seconds(timeout, "--timeout")
+    if data is None and file is None and error is not None:
+        value: Any = None
+    else:
+        value = _parse_data(_text_arg(data, file, "DATA"))
+    mode = "acked" if acked else "accepted"
+    try:
+        with Client() as c:
+            sent = c.reply(
+                msg_id, value, to=to, summary=summary, error=error, wait=mode, timeout=timeout
+            )
+    except KeyboardInterrupt:
+        if acked:
+            print(
+                f"acp: interrupted; the response to {one_line(msg_id, 80)} stays queued for the "
+                "peer if the daemon accepted it (`acp status` counts what is queued)",
+                file=sys.stderr,
+            )
+        raise
     return _report_sent(sent, json)
 
 
@@ -264,7 +438,7 @@ def listen(
     stays unread and comes again (--peek leaves them all unread). `acp inbox --json` shows each
     envelope's seq, to resume after with --since.
 
-    Examples:
+    Examples
 
         acp listen
         acp listen --count 1 | jq -r .payload.question
@@ -287,6 +461,7 @@ def listen(
     """
     if count is not None and count < 1:
         raise _usage_error("--count must be at least 1")
+    _check_seq(since, "--since")
     client = Client()
     try:
         if not reconnect:
@@ -318,7 +493,7 @@ def inbox(
     Mark them read with `acp ack`; answer one with `acp reply ID`. --json prints the daemon's reply:
     {"messages": [{"seq", "envelope" (or "event"), "read", "received", "trust"}, ...], "next": N}.
 
-    Examples:
+    Examples
 
         acp inbox
         acp inbox --kind query --from agent-two
@@ -340,9 +515,12 @@ def inbox(
     wait
         If nothing matches, wait up to this many seconds for something that does.
     """
+    _check_seq(since, "--since")
+    if limit is not None and not 1 <= limit <= 1000:
+        raise _usage_error("--limit must be 1 to 1000")
+    _check_seconds(wait, "--wait", zero=True)
     with Client() as c:
         out = c.inbox(unread=not all_, since=since, limit=limit, kinds=kind, from_=from_, wait=wait)
-    out.pop("req", None)
     if json:
         _print_json(out)
         return EXIT_OK
@@ -429,14 +607,14 @@ def _inbox_lines(messages: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-@app.command
+@app.command(usage="Usage: acp ack [OPTIONS] (ID... | --up-to SEQ)")
 def ack(*ids: str, up_to: int | None = None, json: Json = False) -> int:
     """Mark envelopes read, by message ID or every one up to a seq; prints how many changed.
 
     Read envelopes no longer show in `acp inbox` or a plain `acp listen` (the daemon keeps them a
     while, for `acp inbox --all` and `--since`). Unknown or already read ids are not an error.
 
-    Examples:
+    Examples
 
         acp ack 5fc85a12-416f-4cd5-b1f5-e8cd54608d14
         acp ack --up-to 41
@@ -451,6 +629,7 @@ def ack(*ids: str, up_to: int | None = None, json: Json = False) -> int:
     """
     if bool(ids) == (up_to is not None):
         raise _usage_error("give message ids, or --up-to SEQ (one of the two)")
+    _check_seq(up_to, "--up-to")
     with Client() as c:
         n = c.ack(list(ids) if ids else None, up_to)
     if json:
@@ -509,18 +688,105 @@ def _card_line(row: dict[str, Any]) -> str | None:
 CARD_WIDTH = 79  # the card line under a peer's row stays within this
 
 
+PEERS_WIDTH = 79  # the default `acp peers` output stays within this (or a wider terminal)
+PEERS_CUT = {"ID": 20, "ADDR": 24}  # ... cutting these cells ("…") only if it would not
+# Each column's header is the upper-cased key of the JSON row (`acp peers --json`) it shows.
+PEERS_COLUMNS = ("ID", "STATUS", "ADDR", "RTT_MS", "QUEUED")  # last_error: a line below
+PEERS_WIDE_COLUMNS = (
+    "ID",
+    "STATUS",
+    "ADDR",
+    "SOURCE",
+    "RTT_MS",
+    "LAST_SEEN",
+    "QUEUED",
+    "FINGERPRINT",
+    "LAST_ERROR",
+)
+
+
+def _peer_cells(p: dict[str, Any]) -> dict[str, str]:
+    """One peer's cells by header, not yet escaped (BYE reasons and ids come from peers)."""
+    status = str(p.get("status"))
+    if p.get("next_try_in") is not None:
+        status += f" ({p['next_try_in']:.0f}s)"
+    addr = str(p.get("addr") or "-")
+    if ":" in addr:
+        addr = f"[{addr}]"
+    if p.get("addr") and p.get("port") is not None:
+        addr += f":{p['port']}"
+    error = p.get("last_error") or ""
+    if p.get("announced_fingerprint"):
+        error = f"announced key {p['announced_fingerprint']} differs from the pinned one. {error}"
+    return {
+        "ID": str(p.get("id")),
+        "STATUS": status,
+        "ADDR": addr,
+        "SOURCE": str(p.get("source") or "-"),
+        "RTT_MS": f"{p['rtt_ms']:.1f}" if p.get("rtt_ms") is not None else "-",
+        "LAST_SEEN": _ago(p.get("last_seen")),
+        "QUEUED": str(p.get("queued", 0)),
+        "FINGERPRINT": str(p.get("fingerprint") or "-"),
+        "LAST_ERROR": str(error).strip(),
+    }
+
+
+def _peers_text(rows: list[dict[str, Any]], *, wide: bool) -> str:
+    """The table: every cell escaped, one line each. --wide: every column, the whole last error.
+    Otherwise within PEERS_WIDTH (a wider terminal's width), the last error on an indented line
+    under its row, cut with "…"."""
+    cells = [_peer_cells(p) for p in rows]
+    header = list(PEERS_WIDE_COLUMNS if wide else PEERS_COLUMNS)
+    limits = {h: None if (wide and h == "LAST_ERROR") else 80 for h in header}
+    width = PEERS_WIDTH
+    if sys.stdout.isatty():
+        import shutil
+
+        width = max(width, shutil.get_terminal_size().columns - 1)
+
+    def table() -> list[list[str]]:
+        return [[one_line(c[h], limits[h]) for h in header] for c in cells]
+
+    lines = table()
+    if not wide:
+        needed = sum(max(len(r[i]) for r in [header, *lines]) for i in range(len(header)))
+        if needed + 2 * (len(header) - 1) > width:
+            limits.update(PEERS_CUT)
+            lines = table()
+    below: list[str | None] = []
+    for p, c in zip(rows, cells, strict=True):
+        extra = []
+        if c["LAST_ERROR"] and not wide:
+            extra.append(one_line("  last_error: " + c["LAST_ERROR"], width))
+        if card := _card_line(p):
+            extra.append(card)
+        below.append("\n".join(extra) or None)
+    return _table(lines, header, below=below)
+
+
 @app.command
-def peers(*, skill: str | None = None, json: Json = False) -> int:
-    """List known peers: state, address, where they came from, RTT, fingerprint and last error.
+def peers(
+    *,
+    skill: str | None = None,
+    wide: Annotated[bool, Parameter(negative="")] = False,
+    json: Json = False,
+) -> int:
+    """List known peers: status, address, RTT, what is queued for them and the last error.
 
-    States: connected, connecting, discovered, waiting (the lower agent_id dials), backoff (next try
-    shown), key_changed (run `acp trust` or `acp forget`), refused, stale, idle (no address known).
-    A peer that sent an agent card gets a second, indented line: the skills and description it
-    claims (what the peer says, not checked by anyone).
+    The table fits 80 columns: a peer's last error goes on an indented line under its row, cut with
+    "…", and long ids and addresses are cut too if need be. --wide shows every column on one line
+    per peer, adding SOURCE, LAST_SEEN, FINGERPRINT (to compare with `acp id` on that machine) and
+    the whole LAST_ERROR. Each header is a key of the --json rows in upper case: ADDR shows
+    addr:port, LAST_SEEN how long ago last_seen was, STATUS also the seconds to the next try
+    (next_try_in) in backoff. Statuses: connected, connecting, discovered, waiting (the lower
+    agent_id dials), backoff, key_changed (run `acp trust` or `acp forget`), refused, stale, idle
+    (no address known). A peer that sent an agent card gets one more indented line: the skills and
+    description it claims (what the peer says, not checked by anyone).
 
-    Examples:
+    Examples
 
         acp peers
+        acp peers --wide
         acp peers --skill code-review
         acp peers --json | jq '.[] | select(.status == "connected") | .id'
 
@@ -528,6 +794,8 @@ def peers(*, skill: str | None = None, json: Json = False) -> int:
     ----------
     skill
         Only peers whose agent card lists this skill (exact name, as in `card.skills`).
+    wide
+        All columns, and the whole last error (lines may be long).
     """
     with Client() as c:
         rows = c.peers()
@@ -544,51 +812,7 @@ def peers(*, skill: str | None = None, json: Json = False) -> int:
             "no peers known yet (mDNS finds peers on the LAN; static ones go in config.toml [[peers]])"
         )
         return EXIT_OK
-    table = []
-    cards: list[str | None] = []
-    for p in rows:
-        state = str(p["status"])
-        if p.get("next_try_in") is not None:
-            state += f" ({p['next_try_in']:.0f}s)"
-        addr = f"{p['addr']}:{p['port']}" if p.get("addr") else "-"
-        if p.get("addr") and ":" in p["addr"]:
-            addr = f"[{p['addr']}]:{p['port']}"
-        rtt = f"{p['rtt_ms']:.1f}ms" if p.get("rtt_ms") is not None else "-"
-        error = p.get("last_error") or ""
-        if p.get("announced_fingerprint"):
-            error = (
-                f"announced key {p['announced_fingerprint']} differs from the pinned one. {error}"
-            )
-        cells = [
-            str(p["id"]),
-            state,
-            addr,
-            str(p.get("source") or "-"),
-            rtt,
-            _ago(p.get("last_seen")),
-            str(p.get("fingerprint") or "-"),
-            str(p.get("queued", 0)),
-        ]
-        # every cell may hold what a peer said (BYE reasons, ids): escaped, one line each
-        table.append([one_line(cell, 80) for cell in cells] + [one_line(str(error), 80)])
-        cards.append(_card_line(p))
-    print(
-        _table(
-            table,
-            [
-                "AGENT",
-                "STATE",
-                "ADDRESS",
-                "SOURCE",
-                "RTT",
-                "SEEN",
-                "FINGERPRINT",
-                "QUEUED",
-                "LAST ERROR",
-            ],
-            below=cards,
-        )
-    )
+    print(_peers_text(rows, wide=wide))
     return EXIT_OK
 
 
@@ -599,7 +823,7 @@ def status(*, json: Json = False) -> int:
     The inbox line counts unread envelopes and all those stored (read ones are kept a while); the
     outbox line, envelopes waiting for a peer's ACK.
 
-    Examples:
+    Examples
 
         acp status
         acp status --json | jq .peers_connected
@@ -607,7 +831,6 @@ def status(*, json: Json = False) -> int:
     with Client() as c:
         st = c.status()
     if json:
-        st.pop("req", None)
         _print_json(st)
         return EXIT_OK
     print(f"agent_id     {st['agent_id']}")
@@ -634,7 +857,7 @@ def identity(*, json: Json = False) -> int:
 
     Asks the running daemon; without one, reads $ACP_HOME/identity.pub and config.toml.
 
-    Examples:
+    Examples
 
         acp id
         acp trust my-laptop "$(ssh laptop acp id --json | jq -r .pubkey)"
@@ -642,7 +865,6 @@ def identity(*, json: Json = False) -> int:
     try:
         with Client() as c:
             info = c.identity()
-            info.pop("req", None)
             info.pop("ok", None)
     except AcpError as exc:
         if exc.code != "daemon_unavailable":
@@ -666,7 +888,7 @@ def _offline_identity() -> dict[str, Any]:
     try:
         text = path.read_text().strip()
     except OSError:
-        raise AcpError(
+        raise ConfigError(
             f"no identity yet ({path} missing): run `acp daemon` once to create it"
         ) from None
     return {
@@ -677,13 +899,13 @@ def _offline_identity() -> dict[str, Any]:
 
 
 @app.command
-def trust(agent: str, key: str, *, addr: str | None = None, json: Json = False) -> int:
+def trust(agent: str, key: str, /, *, addr: str | None = None, json: Json = False) -> int:
     """Pin KEY (base64 X25519 public key) for AGENT, replacing any key held or announced before.
 
     Use it after checking the fingerprint with the other side, to accept a peer whose key changed,
     or to admit a peer under `trust = "explicit"`.
 
-    Examples:
+    Examples
 
         acp trust agent-two "q6E1...="
         acp trust agent-two "q6E1...=" --addr 10.0.0.7:7100
@@ -697,6 +919,7 @@ def trust(agent: str, key: str, *, addr: str | None = None, json: Json = False) 
     addr
         host:port to dial it at, if mDNS cannot see it.
     """
+    _check_agent(agent, "AGENT")
     with Client() as c:
         out = c.trust(agent, key, addr=addr)
     if json:
@@ -707,13 +930,19 @@ def trust(agent: str, key: str, *, addr: str | None = None, json: Json = False) 
 
 
 @app.command
-def forget(agent: str, *, json: Json = False) -> int:
+def forget(agent: str, /, *, json: Json = False) -> int:
     """Forget AGENT: close its session, drop its pinned key and anything queued for it.
 
-    Examples:
+    Examples
 
         acp forget old-laptop
+
+    Parameters
+    ----------
+    agent
+        The peer's agent_id (as `acp peers` shows it).
     """
+    _check_agent(agent, "AGENT")
     with Client() as c:
         out = c.forget(agent)
     if json:
@@ -730,7 +959,7 @@ def card(*, reload: bool = False, json: Json = False) -> int:
     Peers see it in `acp peers` (and filter with `acp peers --skill NAME`). After editing
     config.toml, `--reload` sends the new card to every connected peer without a restart.
 
-    Examples:
+    Examples
 
         acp card
         acp card --reload
@@ -743,7 +972,7 @@ def card(*, reload: bool = False, json: Json = False) -> int:
     with Client() as c:
         out = c.request("card", **({"reload": True} if reload else {}))
     if json:
-        _print_json({k: v for k, v in out.items() if k not in ("ok", "req")})
+        _print_json({k: v for k, v in out.items() if k != "ok"})
         return EXIT_OK
     shown = out.get("card")
     if not shown:
@@ -764,6 +993,26 @@ def _dumps_compact(obj: Any) -> str:
 
 
 @app.command
+def doctor(*, json: Json = False) -> int:
+    """Say what is wrong with acp on this machine, and what to do about it.
+
+    Checks the daemon, ACP_HOME's file modes, mDNS (a multicast query on each interface the daemon
+    announces on, which our own daemon must answer), interfaces that usually break discovery, the
+    TCP port on the announced addresses, every known peer (why it is not connected), the daemon's
+    open files and the clock. Prints one line per check, "ok", "warn" or "fail", and under each
+    problem a "fix:" line. Exit 0 when nothing failed (warnings alone: 0), 1 otherwise.
+
+    Examples
+
+        acp doctor
+        acp doctor --json | jq -r '.[] | select(.status != "ok") | .fix'
+    """
+    from acp.doctor import run  # only here: the other commands never load it
+
+    return run(as_json=json)
+
+
+@app.command
 def mcp() -> int:
     """Serve acp to a model as MCP tools over stdin/stdout (for Claude Code and other MCP clients).
 
@@ -772,7 +1021,7 @@ def mcp() -> int:
     `acp daemon`) and rides out its restarts. Needs the MCP SDK:
     `pipx inject acp-daemon 'mcp>=2.3'` or `pip install 'acp-daemon[mcp]'`.
 
-    Examples:
+    Examples
 
         claude mcp add acp -- acp mcp
         ACP_HOME=/tmp/a acp mcp
@@ -780,6 +1029,28 @@ def mcp() -> int:
     from acp.mcp_server import run  # the MCP SDK loads here, and only here
 
     return run()
+
+
+@app.command
+def completion(shell: Literal["bash", "zsh", "fish"], /) -> int:
+    """Print the shell completion script for acp (commands, options and their help).
+
+    Save it where the shell loads completions from (README.md, "Install"); again after an upgrade.
+
+    Examples
+
+        mkdir -p ~/.local/share/bash-completion/completions
+        acp completion bash > ~/.local/share/bash-completion/completions/acp
+        acp completion zsh > ~/.zsh/completions/_cyclopts_acp  # a directory on $fpath
+        acp completion fish > ~/.config/fish/completions/acp.fish
+
+    Parameters
+    ----------
+    shell
+        bash, zsh or fish.
+    """
+    sys.stdout.write(app.generate_completion(prog_name="acp", shell=shell))
+    return EXIT_OK
 
 
 @app.command
@@ -796,7 +1067,7 @@ def daemon(
     listens on TCP (default port 7100) and on $ACP_HOME/acp.sock, and finds peers by mDNS.
     Stops cleanly on SIGINT/SIGTERM.
 
-    Examples:
+    Examples
 
         acp daemon
         ACP_HOME=/tmp/a acp daemon --agent-id agent-one --port 0 --no-mdns
@@ -812,6 +1083,13 @@ def daemon(
     debug
         Log every frame, and show tracebacks.
     """
+    if agent_id is not None and not AGENT_ID.match(agent_id):
+        raise ConfigError(
+            f"--agent-id {agent_id!r} is not an agent_id: use 1-63 characters of A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit"
+        )
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not 0..65535 (0 picks a free one)")
     import logging
 
     import trio
@@ -874,6 +1152,39 @@ def _journald() -> bool:
     return bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
 
 
+# What the daemon calls the fields of a request, and what the user typed for them, by command: the
+# daemon's errors name the IPC fields ('to', "pubkey: ..."), the user gets the CLI's words.
+_TYPED: dict[str, dict[str, str]] = {
+    "send": {"to": "AGENT", "envelope": "MESSAGE", "timeout": "--timeout", "wait": "--wait"},
+    "delegate": {"to": "AGENT", "envelope": "TASK", "timeout": "--timeout", "wait": "--wait"},
+    "notify": {"envelope": "DATA"},
+    "reply": {"msg_id": "MSG_ID", "to": "--to AGENT", "payload": "DATA", "timeout": "--timeout"},
+    "listen": {"since": "--since", "count": "--count"},
+    "inbox": {
+        "since": "--since",
+        "limit": "--limit",
+        "kinds": "--kind",
+        "from": "--from",
+        "wait": "--wait",
+        "unread": "--all",
+    },
+    "ack": {"ids": "IDS", "up_to": "--up-to"},
+    "trust": {"agent_id": "AGENT", "pubkey": "KEY", "addr": "--addr"},
+    "forget": {"agent_id": "AGENT"},
+    "card": {"reload": "--reload"},
+}
+_IPC_PREFIX = re.compile(r"^(send|reply|broadcast|subscribe|inbox|ack|trust|forget|card): ")
+
+
+def _in_user_terms(message: str, command: str) -> str:
+    """A daemon error restated with the names of the command line (AGENT, --to, ...)."""
+    for field, typed in _TYPED.get(command, {}).items():
+        name = re.escape(field)
+        message = re.sub(rf"(['\"]){name}\1", typed, message)
+        message = re.sub(rf"^{name}: ", f"{typed}: ", message)
+    return _IPC_PREFIX.sub("", message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns (and exits with) the command's code."""
     args = sys.argv[1:] if argv is None else argv
@@ -884,7 +1195,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         # The daemon's errors may quote a peer (an ACK's error code, an id): one escaped line.
-        message = one_line(exc.message) if isinstance(exc, RequestFailed) else clean(exc.message)
+        if isinstance(exc, RequestFailed):
+            message = one_line(_in_user_terms(exc.message, args[0] if args else ""))
+        else:
+            message = clean(exc.message)
+        if exc.code == "too_large" and str(ENVELOPE_LIMIT) not in message:
+            message += f"; an envelope is at most {ENVELOPE_LIMIT} bytes of JSON (64 KiB)"
         print(f"acp: {message}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:

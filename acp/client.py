@@ -1,6 +1,6 @@
 """Talk to the local acp daemon from a program: a blocking ``Client`` and an async ``TrioClient``.
 
-Both speak the IPC protocol of PROTOCOL.md §8 over ``$ACP_HOME/acp.sock``. The blocking client uses
+Both speak the IPC protocol of docs/protocol.md §8 over ``$ACP_HOME/acp.sock``. The blocking client uses
 only the standard library (the CLI is built on it, and agents call the CLI in loops, so importing
 this module must stay cheap: no trio, zeroconf or PyNaCl at import time).
 
@@ -23,6 +23,7 @@ the acks still owed); the two classes only move bytes and sleep.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -34,9 +35,10 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from acp.errors import AcpError, DaemonUnavailable, ProtocolError, RequestFailed
+from acp.starting import STARTING_POLL, STARTING_WAIT, starting
 
 CONNECT_TIMEOUT = 5.0
-MAX_LINE = 1 << 20  # 1 MiB, newline excluded: the IPC line cap (PROTOCOL.md §8), both ways
+MAX_LINE = 1 << 20  # 1 MiB, newline excluded: the IPC line cap (docs/protocol.md §8), both ways
 RECV_SIZE = 64 * 1024
 RECONNECT_FIRST = 0.1  # seconds before listen(reconnect=True) tries again; doubled up to the cap
 RECONNECT_CAP = 2.0
@@ -57,6 +59,23 @@ def _unavailable(path: Path, exc: OSError) -> DaemonUnavailable:
     return DaemonUnavailable(
         f"acp daemon is not running (no socket at {path}: {exc.strerror or exc}); "
         "start it with `acp daemon` (or `systemctl --user start acp`)"
+    )
+
+
+def _not_yet(path: Path, exc: OSError, waited: float) -> DaemonUnavailable | None:
+    """Connecting to ``path`` failed after ``waited`` seconds of trying: None to try again in
+    STARTING_POLL seconds (a daemon for that ACP_HOME is starting: acp/starting.py), else the
+    error to raise."""
+    if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+        return _unavailable(path, exc)
+    who = starting(path.parent)
+    if who is None:
+        return _unavailable(path, exc)
+    if waited < STARTING_WAIT:
+        return None
+    return DaemonUnavailable(
+        f"an acp daemon for {path.parent} ({who}) has not opened {path} within "
+        f"{STARTING_WAIT:g} s (still starting, or stopping); see its log, or try again"
     )
 
 
@@ -112,7 +131,7 @@ def inbox_args(
     from_: list[str] | None = None,
     wait: float | None = None,
 ) -> dict[str, Any]:
-    """The fields of an ``inbox`` request (PROTOCOL.md §8.1); the daemon's defaults are left out."""
+    """The fields of an ``inbox`` request (docs/protocol.md §8.1); the daemon's defaults are left out."""
     args: dict[str, Any] = {}
     if not unread:
         args["unread"] = False
@@ -512,15 +531,23 @@ class Client:
         self.close()
 
     def connect(self) -> None:
+        """Connect if not connected. A daemon that is starting gets up to STARTING_WAIT seconds
+        to open its socket (``acp daemon & acp status``); DaemonUnavailable if there is none."""
         if self._sock is not None:
             return
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(CONNECT_TIMEOUT)
-        try:
-            sock.connect(str(self.path))
-        except OSError as exc:
-            sock.close()
-            raise _unavailable(self.path, exc) from None
+        start = time.monotonic()
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(CONNECT_TIMEOUT)
+            try:
+                sock.connect(str(self.path))
+                break
+            except OSError as exc:
+                sock.close()
+                error = _not_yet(self.path, exc, time.monotonic() - start)
+                if error is not None:
+                    raise error from None
+            time.sleep(STARTING_POLL)
         sock.settimeout(None)
         self._sock = sock
         self._core = ClientCore()
@@ -820,10 +847,17 @@ class TrioClient:
             return
         if self._send_lock is None:
             self._send_lock, self._recv_lock = trio.Lock(), trio.Lock()
-        try:
-            stream = await trio.open_unix_socket(str(self.path))
-        except OSError as exc:
-            raise _unavailable(self.path, exc) from None
+        start = trio.current_time()
+        while True:  # as Client.connect: a daemon that is starting gets STARTING_WAIT seconds
+            try:
+                stream = await trio.open_unix_socket(str(self.path))
+                break
+            except OSError as exc:
+                waited = trio.current_time() - start
+                error = await trio.to_thread.run_sync(_not_yet, self.path, exc, waited)
+                if error is not None:
+                    raise error from None
+            await trio.sleep(STARTING_POLL)
         if self._stream is not None:  # another task connected meanwhile
             await stream.aclose()
             return

@@ -1,4 +1,4 @@
-"""ACP_HOME and config.toml -> a frozen Config (PROTOCOL.md §1, §2, §8).
+"""ACP_HOME and config.toml -> a frozen Config (docs/protocol.md §1, §2, §8).
 
 Precedence for every setting: command line, then environment (``ACP_AGENT_ID``), then
 config.toml, then the default. A broken file is a ConfigError naming the file and the problem.

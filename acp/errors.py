@@ -66,7 +66,7 @@ class RequestFailed(AcpError):
 
 
 class ProtocolError(AcpError):
-    """Bytes from outside (a peer, a client) break PROTOCOL.md."""
+    """Bytes from outside (a peer, a client) break the protocol (docs/protocol.md)."""
 
     code = "protocol_error"
 
@@ -90,7 +90,7 @@ class DecryptError(ProtocolError):
 
 
 class EnvelopeError(ProtocolError):
-    """An envelope is refused; ``code`` is the ACK error code of PROTOCOL.md §6.
+    """An envelope is refused; ``code`` is the ACK error code of docs/protocol.md §6.
 
     ``fatal`` marks an ENVELOPE frame whose body is not a JSON object with a string ``id``: such a
     frame closes the session, since there is no id to ACK.
@@ -105,7 +105,7 @@ class EnvelopeError(ProtocolError):
 
 
 class IpcError(ProtocolError):
-    """A local client's line is unusable; ``code`` is the IPC error code of PROTOCOL.md §8."""
+    """A local client's line is unusable; ``code`` is the IPC error code of docs/protocol.md §8."""
 
     def __init__(self, code: str, message: str, *, req: object = None) -> None:
         super().__init__(message, code=code)
@@ -113,6 +113,8 @@ class IpcError(ProtocolError):
 
 
 class AlreadyRunning(AcpError):
-    """Another ``acp daemon`` holds the lock on the same ACP_HOME."""
+    """Another ``acp daemon`` holds the lock on the same ACP_HOME: a configuration problem (exit
+    78), which a restart cannot fix."""
 
+    exit_code = EXIT_CONFIG
     code = "already_running"

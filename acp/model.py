@@ -25,7 +25,7 @@ KINDS = ("query", "response", "delegate", "notify")
 
 
 def is_agent_id(value: object) -> bool:
-    """Whether ``value`` is a valid agent_id (PROTOCOL.md §1)."""
+    """Whether ``value`` is a valid agent_id (docs/protocol.md §1)."""
     return isinstance(value, str) and _AGENT_ID_RE.match(value) is not None
 
 
@@ -73,7 +73,7 @@ def fingerprint(public_key: bytes) -> str:
 
 @attrs.frozen
 class Envelope:
-    """One message (PROTOCOL.md §6). ``extra`` keeps unknown top-level fields for pass-through."""
+    """One message (docs/protocol.md §6). ``extra`` keeps unknown top-level fields for pass-through."""
 
     v: int
     id: str
@@ -109,7 +109,7 @@ class Envelope:
 
 @attrs.frozen
 class Ack:
-    """An ACK frame's body (PROTOCOL.md §5)."""
+    """An ACK frame's body (docs/protocol.md §5)."""
 
     id: str
     ok: bool

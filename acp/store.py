@@ -12,10 +12,10 @@ message; the order of the callbacks is what lets the daemon reason about "commit
 What is kept (schema version 1, ``PRAGMA user_version``):
 
 - ``peers``: one row per peer, the JSON of a ``PeerRecord`` (pinned key, last address, the handshake
-  ``ts`` counters of PROTOCOL.md §4). Imported once from the ``peers.json`` of earlier versions.
+  ``ts`` counters of docs/protocol.md §4). Imported once from the ``peers.json`` of earlier versions.
 - ``inbox``: every inbound envelope the daemon ACKed ok, and every ``undelivered`` outcome of our
   own sends, numbered by ``seq`` (AUTOINCREMENT: never reused, even after the newest row is pruned),
-  unread until a local client acks it (PROTOCOL.md §8.1). Read rows are kept for a while and then
+  unread until a local client acks it (docs/protocol.md §8.1). Read rows are kept for a while and then
   pruned; they are also the dedupe memory that survives a restart (§6).
 - ``outbox``: envelopes accepted from local clients and not yet ACKed by their peer (§7).
 
@@ -62,7 +62,7 @@ CREATE TABLE inbox (
     kind TEXT NOT NULL,         -- the envelope's kind, or 'event'
     received INTEGER NOT NULL,  -- unix ms
     trust TEXT,
-    body BLOB NOT NULL,         -- the envelope's JSON as parsed and re-serialised, or the event's
+    body BLOB NOT NULL,         -- the envelope's JSON as received (on one line), or the event's
     read INTEGER NOT NULL DEFAULT 0,
     read_at INTEGER
 );
@@ -84,7 +84,7 @@ CREATE TABLE outbox (
 
 @attrs.define
 class PeerRecord:
-    """What survives a restart about one peer (PROTOCOL.md §2, §4).
+    """What survives a restart about one peer (docs/protocol.md §2, §4).
 
     ``ts_sent`` is the last handshake ``ts`` we sent to that peer; ``ts_accepted`` the last one we
     accepted from its pinned key, reset when the pin changes.

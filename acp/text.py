@@ -89,7 +89,7 @@ def sender_line(sender: str, *, fingerprint: str | None, trust: str | None) -> s
 def for_model(
     item: dict[str, Any], *, fingerprint: str | None = None, max_chars: int = 16_000
 ) -> str:
-    """The one wrapping of an inbox item (PROTOCOL.md §8.1 shape) for a model's prompt.
+    """The one wrapping of an inbox item (docs/protocol.md §8.1 shape) for a model's prompt.
 
     Names the sender as authenticated (agent_id, fingerprint, trust level), gives the ids a
     model needs to answer (msg_id, kind, seq), and fences the peer's envelope as JSON data between

@@ -19,7 +19,7 @@ Figures (seconds; one dict per figure, the median over the rounds):
                               50 s per round: 1 round with --quick, at most 2 otherwise.
 
 There is no "limit" implementation to compare with. Each figure carries, in its note, reference
-values measured for python-zeroconf on this kind of machine (shared/tools/netns/README.md): RFC 6762
+values measured for python-zeroconf on this kind of machine (docs/architecture.md): RFC 6762
 probing inside ``register_service`` takes ~1.65 s, start to all discovered ~1.2 s (a bare zeroconf
 script, not counting the import of a daemon). ``ratio_to_probe`` = value / 1.65 s: how many
 probing times discovery costs end to end (import, probing, browse, resolve, dial, handshake);
@@ -79,7 +79,7 @@ LOG_TAIL = 3000
 LOG_WAIT = 5.0  # s to wait for a daemon log line that a note reads
 SETTLE = 1.0  # s between all connected and the SIGKILL
 
-# Reference values (shared/tools/netns/README.md, python-zeroconf 0.154 on this kind of machine)
+# Reference values (docs/architecture.md, python-zeroconf 0.154 on this kind of machine)
 # and acp's own constants that bound the figures (acp/net/*.py, acp/proto/session.py).
 PROBE_S = 1.65  # RFC 6762 probing inside register_service
 BARE_DISCOVERY_S = 1.2  # a bare zeroconf script: start to all peers discovered
@@ -179,24 +179,34 @@ class Mesh:
         return r.stdout.decode(errors="replace")
 
     async def lock(self) -> None:
-        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+        # unlock() removes the file, so a lock won on a file that is gone is tried again.
         deadline = time.monotonic() + LOCK_TIMEOUT
         while True:
+            fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        os.close(fd)
+                        raise DiscoveryError(
+                            f"mesh prefix {PREFIX!r} stayed in use by another run for "
+                            f"{LOCK_TIMEOUT:g} s ({LOCK_PATH})"
+                        ) from None
+                    await trio.sleep(0.5)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise DiscoveryError(
-                        f"mesh prefix {PREFIX!r} stayed in use by another run for "
-                        f"{LOCK_TIMEOUT:g} s ({LOCK_PATH})"
-                    ) from None
-                await trio.sleep(0.5)
-        self._lock_fd = fd
+                if os.stat(LOCK_PATH).st_ino == os.fstat(fd).st_ino:
+                    self._lock_fd = fd
+                    return
+            except FileNotFoundError:
+                pass
+            os.close(fd)
 
     def unlock(self) -> None:
+        """Release the lock and remove its file (while still holding it): no file is left."""
         if self._lock_fd is not None:
+            LOCK_PATH.unlink(missing_ok=True)
             os.close(self._lock_fd)
             self._lock_fd = None
 

@@ -11,14 +11,14 @@ Each relay parses client lines, serialises the envelope compactly, encrypts it w
 key per direction and Noise's counter nonce (4 zero bytes + 8-byte little-endian counter), writes
 one frame per ``send_all`` (no batching), and on the other side decrypts and pushes
 ``{"inbound":true,"envelope":...}`` to subscribers. One task owns each direction of each stream,
-as in acp (STYLE.md).
+as in acp (docs/architecture.md).
 
 ``--batch`` (target ``limit-batch``) adds the one optimisation acp's own writers make: readers
 queue without yielding, and each writer sends everything already queued (up to 256 KiB) in one
 ``send_all``. Without it the "limit" is no limit for throughput: per-frame wake-ups dominate, and
 acp, which batches, outruns it with small envelopes.
 
-It speaks just the subset of acp's IPC (PROTOCOL.md §8) the benchmark
+It speaks just the subset of acp's IPC (docs/protocol.md §8) the benchmark
 client uses, so the same client drives both:
 
     {"cmd":"send","to":ID,"envelope":{...}}  -> {"ok":true,"msg_id":<envelope id>}
@@ -64,11 +64,11 @@ from nacl.bindings import (
     crypto_aead_chacha20poly1305_ietf_encrypt,
 )
 
-MAX_FRAME = 65535  # PROTOCOL.md §3: 1 <= N <= 65535
+MAX_FRAME = 65535  # docs/protocol.md §3: 1 <= N <= 65535
 TAG_LEN = 16  # Poly1305 tag
 MAX_ENVELOPE = MAX_FRAME - TAG_LEN  # acp also spends a type byte; the limit does not need one
 KEY_LEN = 32
-MAX_LINE = 1 << 20  # IPC line cap, as acp (PROTOCOL.md §8)
+MAX_LINE = 1 << 20  # IPC line cap, as acp (docs/protocol.md §8)
 RECEIVE_BYTES = 1 << 16  # per receive_some
 QUEUE_DEPTH = 64  # bounded channels: producers wait
 BATCH_BYTES = 256 * 1024  # --batch: at most this much queued data per send_all (as acp)

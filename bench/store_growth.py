@@ -134,7 +134,9 @@ def main() -> None:
                             recv.sendall(b'{"cmd":"ack","up_to":%d}\n' % last_seq)
                         if got % a.every == 0:
                             size = sum(
-                                f.stat().st_size for f in rh.iterdir() if f.name.startswith("acp.db")
+                                f.stat().st_size
+                                for f in rh.iterdir()
+                                if f.name.startswith("acp.db")
                             )
                             st = _request(rh / "acp.sock", {"cmd": "status"})
                             print(
@@ -150,7 +152,9 @@ def main() -> None:
             if st["stored"] <= a.keep_read_count + 1000:
                 break
         size = sum(f.stat().st_size for f in rh.iterdir() if f.name.startswith("acp.db"))
-        print(f"after pruning: {size / 2**20:.1f} MiB, {st['stored']} stored rows, {st['unread']} unread")
+        print(
+            f"after pruning: {size / 2**20:.1f} MiB, {st['stored']} stored rows, {st['unread']} unread"
+        )
     finally:
         for proc in procs:
             proc.terminate()

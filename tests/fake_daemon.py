@@ -1,6 +1,6 @@
 """A scripted stand-in for the daemon's IPC socket, for client tests that need no real daemon.
 
-It keeps an inbox as PROTOCOL.md §8.1 describes it (rows with a rising ``seq``, unread until acked),
+It keeps an inbox as docs/protocol.md §8.1 describes it (rows with a rising ``seq``, unread until acked),
 answers ``subscribe`` (with ``since`` and ``count``), ``ack``, ``inbox`` and ``status``, pushes what
 ``add`` stores to subscribers, and can ``stop`` (every connection closed, the socket removed) and
 ``start`` again on the same path with the same rows, as a daemon restart would. Tests can also

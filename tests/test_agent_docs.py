@@ -286,4 +286,4 @@ def test_extraction() -> None:
         ["acp", "inbox", "--json"],
     ]
     with pytest.raises(pytest.fail.Exception):
-        check_parses(["acp", "send", "bob"])  # no MESSAGE
+        check_parses(["acp", "send"])  # no AGENT (MESSAGE may come from stdin or --file)

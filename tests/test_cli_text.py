@@ -119,12 +119,21 @@ def test_peers_escapes_every_column(
     assert code == 0 and err == ""
     assert not raw(out), repr(out)
     lines = out.splitlines()
-    assert len(lines) == 3, lines  # header and two rows: the BYE reason forged no row
+    assert len(lines) == 4, lines  # header, two rows, a last_error line: the BYE forged no row
+    assert lines[1].split()[:2] == ["evil", "discovered\\x1b[31m"]
+    assert lines[2].startswith("  last_error: peer said BYE: \\x1b]0;pwned\\x07")
+    assert lines[2].endswith("…") and "forged row" not in out  # cut to fit the width
+    assert lines[3].split()[:2] == ["good", "connected"]
+    # --wide: every column, and the whole last error, escaped on its one line
+    code, out, err = run(capsys, "peers", "--wide")
+    assert code == 0 and err == "" and not raw(out), repr(out)
+    lines = out.splitlines()
+    assert len(lines) == 3, lines
     assert lines[1].split()[:2] == ["evil", "discovered\\x1b[31m"]
     assert "peer said BYE: \\x1b]0;pwned\\x07\\x1b[2J\\x9b2J\\u202eevil" in lines[1]
-    assert lines[1].endswith("…") and "forged row" not in out  # cut to 80 characters
+    assert lines[1].endswith("evil\\x0d\\x0aagent-x  connected  forged row")
     assert "[::1\\u202e]:7100" in lines[1] and "incoming\\x9b" in lines[1]
-    assert lines[2].split()[:2] == ["good", "connected"]
+    assert "ffff\\x07" in lines[1]
 
 
 def test_peers_shows_a_card_line_escaped_and_within_80_columns(

@@ -1,4 +1,4 @@
-"""mDNS/DNS-SD discovery (PROTOCOL.md §2): advertise ``<agent_id>._acp._tcp.local.``, find the others.
+"""mDNS/DNS-SD discovery (docs/protocol.md §2): advertise ``<agent_id>._acp._tcp.local.``, find the others.
 
 Why this module looks the way it does: python-zeroconf runs its own thread and asyncio loop. This is
 the only module that touches them. Blocking calls go through ``trio.to_thread``; browser callbacks
@@ -6,7 +6,7 @@ re-enter trio with ``TrioToken.run_sync_soon`` and a bounded channel, dropping (
 when it is full, since mDNS repeats itself. A crash in here is logged and the whole thing restarted
 with backoff by ``run``; sessions, static peers and the peers.json cache never depend on it.
 
-Facts measured here (shared/tools/netns/README.md) that shape it:
+Facts measured on network-namespace LANs (docs/architecture.md) that shape it:
 - a SIGKILLed peer stays in zeroconf's cache for ~19 min, so liveness comes from sessions (PING),
   and a peer is "stale" only when it is neither refreshed by mDNS nor connected for 60 s;
 - a restart with the same TXT and port raises no browser event, so we advertise ``boot=<random>``;
@@ -45,7 +45,7 @@ SERVICE_TYPE = "_acp._tcp.local."
 QUERY_INTERVAL = 10.0  # seconds between our PTR queries (one packet per host)
 ANSWER_WAIT = 0.5  # seconds from our query to reading the answers from the cache
 IFACE_POLL = 3.0  # seconds between interface checks
-STALE_AFTER = 60.0  # PROTOCOL.md §2
+STALE_AFTER = 60.0  # docs/protocol.md §2
 EVENT_QUEUE = 256
 RESOLVE_TIMEOUT_MS = 1500
 GOODBYE_GRACE = 2.0
@@ -316,9 +316,12 @@ class Discovery:
                 if len(self.conflicts) >= MAX_NAMES:
                     self.conflicts.clear()
                 self.conflicts.add((ann.name, ann.pubkey))
+                at = ", ".join(ann.addresses[:4]) + (", …" if len(ann.addresses) > 4 else "")
                 self._warn(
-                    f"another daemon at {', '.join(ann.addresses) or '?'} advertises our agent_id "
-                    f"{node.agent_id!r} with a different key; peers will refuse one of us"
+                    f"another daemon advertises our agent_id {node.agent_id!r} with a different "
+                    "key, so peers will refuse one of us: give each daemon its own name "
+                    '(`agent_id = "NAME"` in config.toml, or `acp daemon --agent-id NAME`); '
+                    f"it is at {at or '?'}"
                 )
             return
         host = pick_address(ann.addresses, self.ifaces)

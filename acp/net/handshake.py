@@ -1,4 +1,4 @@
-"""Both ends of the Noise IK handshake over a trio stream, with PROTOCOL.md §4's checks.
+"""Both ends of the Noise IK handshake over a trio stream, with docs/protocol.md §4's checks.
 
 ``dial`` runs the initiator side on a fresh TCP connection; ``answer`` the responder side on an
 accepted one. Both run under the caller's 5 s deadline and return a ready ``Session``; anything
@@ -22,6 +22,10 @@ from acp.proto.noise import Initiator, Responder
 log = logging.getLogger(__name__)
 
 
+class EmptyConnection(HandshakeError):
+    """An incoming connection closed before its first byte: counted, logged at debug only."""
+
+
 async def read_frame(stream: trio.abc.ReceiveStream, decoder: FrameDecoder) -> bytes:
     while (frame := decoder.next_frame()) is None:
         data = await stream.receive_some(65536 + 4)
@@ -33,6 +37,16 @@ async def read_frame(stream: trio.abc.ReceiveStream, decoder: FrameDecoder) -> b
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def refused_hint(node: Node) -> str:
+    """What ``last_error`` says when a peer closed our handshake without answering it."""
+    return (
+        "the peer closed the handshake: it may hold another key for us (did our identity "
+        "change?) or not trust us (trust = explicit); on the peer run "
+        f"`acp trust {node.agent_id} {node.identity.public_b64}`. Or its own key may have "
+        "changed: compare `acp id` there with `acp peers --wide` here"
+    )
 
 
 async def dial(node: Node, peer: Peer, host: str, port: int) -> Session:
@@ -50,7 +64,14 @@ async def dial(node: Node, peer: Peer, host: str, port: int) -> Session:
         msg1 = noise.write_message_1(hs.hello_payload(node.agent_id, ts, node.port))
         await stream.send_all(encode_frame(msg1))
         decoder = FrameDecoder()
-        payload, keys = noise.read_message_2(await read_frame(stream, decoder))
+        try:
+            msg2 = await read_frame(stream, decoder)
+        except HandshakeError:
+            # Closed where message 2 should be: an acp responder refuses a handshake so (no reason
+            # is sent, docs/protocol.md §4), and the usual reasons are a key or trust problem, on
+            # either side. Busy responders close too, so it is a guess, worded as one.
+            raise HandshakeError(refused_hint(node)) from None
+        payload, keys = noise.read_message_2(msg2)
         hs.parse_welcome(payload, expected_agent_id=peer.agent_id)
     except BaseException:
         with trio.CancelScope(shield=True):
@@ -75,6 +96,10 @@ async def answer(node: Node, stream: trio.abc.Stream) -> Session:
         msg1 = await read_frame(stream, decoder)
     except FrameError as exc:
         raise HandshakeError(f"bad first frame: {exc}") from exc
+    except HandshakeError:
+        if decoder.buffered == 0:  # not one byte: a port probe (acp doctor, a scanner)
+            raise EmptyConnection("closed without sending anything") from None
+        raise
     noise = Responder(node.identity.private_key, prologue=hs.PROLOGUE)
     hello = hs.parse_hello(noise.read_message_1(msg1))
     key = noise.remote_static

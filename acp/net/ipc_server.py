@@ -1,11 +1,11 @@
-"""The local IPC server (PROTOCOL.md §8): ``$ACP_HOME/acp.sock``, one JSON object per line.
+"""The local IPC server (docs/protocol.md §8): ``$ACP_HOME/acp.sock``, one JSON object per line.
 
 Each connection has one writer task (replies, events and subscribe pushes share the stream) and one
 reader. Requests are handled in order; what waits (a ``send`` for its ACK or response, an ``inbox``
 with ``wait``) gets a task of its own, and what follows a commit (``send``, ``ack``) replies from the
 store's callback, so a client can pipeline with ``req``. Only the daemon's own user may connect
 (SO_PEERCRED). A subscriber that falls ``MAX_BACKLOG`` lines behind is disconnected with a reason;
-pushes consume nothing (PROTOCOL.md §8.1), so it resumes with ``subscribe`` and ``since``.
+pushes consume nothing (docs/protocol.md §8.1), so it resumes with ``subscribe`` and ``since``.
 """
 
 from __future__ import annotations
@@ -125,6 +125,9 @@ def _store_error(exc: BaseException, req: Any) -> dict[str, Any]:
     return ipc.error_reply(ipc.STORE_FAILED, f"not stored: {exc}", req)
 
 
+LOCK_RETRY = 0.1  # seconds DaemonLock.acquire tries again before the lock is another daemon's
+
+
 class DaemonLock:
     """An flock on ``$ACP_HOME/acp.lock``: one daemon per ACP_HOME."""
 
@@ -134,18 +137,26 @@ class DaemonLock:
 
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        # A client asking whether a daemon is starting (acp/starting.py) may hold a shared lock
+        # for a few microseconds: a lock held past LOCK_RETRY is another daemon's.
+        deadline = time.monotonic() + LOCK_RETRY
+        while True:
             try:
-                pid = os.read(fd, 32).decode().strip() or "?"
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
             except OSError:
-                pid = "?"
-            os.close(fd)
-            raise AlreadyRunning(
-                f"another acp daemon (pid {pid}) is already running for {self.path.parent}; "
-                "stop it first, or set ACP_HOME to run a second one"
-            ) from None
+                if time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+                try:
+                    pid = os.read(fd, 32).decode().strip() or "?"
+                except OSError:
+                    pid = "?"
+                os.close(fd)
+                raise AlreadyRunning(
+                    f"another acp daemon (pid {pid}) is already running for {self.path.parent}; "
+                    "stop it first, or set ACP_HOME to run a second one"
+                ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
@@ -354,7 +365,9 @@ class IpcServer:
                 del node.response_waiters[ticket.msg_id]
         result = ticket.result or {}
         if "error" in result:
-            conn.send(ipc.error_reply(result["error"], result["message"], r.req))
+            failed = ipc.error_reply(result["error"], result["message"], r.req)
+            failed["msg_id"] = ticket.msg_id
+            conn.send(failed)
         elif ticket.response is not None:
             response = json.loads(ticket.response)["envelope"]
             conn.send(
@@ -369,11 +382,15 @@ class IpcServer:
             acked = (
                 " (the peer ACKed it)" if result.get("acked") else " (it stays queued for the peer)"
             )
-            conn.send(
-                ipc.error_reply(
-                    ipc.TIMEOUT, f"no {what} from {ticket.to} within {timeout:g} s{acked}", r.req
-                )
+            # the msg_id, in the message and as a field: a late response names it as reply_to
+            timed_out = ipc.error_reply(
+                ipc.TIMEOUT,
+                f"no {what} from {ticket.to} within {timeout:g} s{acked}; "
+                f"message id {ticket.msg_id}",
+                r.req,
             )
+            timed_out["msg_id"] = ticket.msg_id
+            conn.send(timed_out)
 
     def cmd_send(
         self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery
@@ -488,8 +505,13 @@ class IpcServer:
         self.node.ack(r.args.get("ids"), r.args.get("up_to"), done)
 
     def cmd_peers(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
+        node = self.node
         now = trio.current_time()
-        rows = [p.describe(now) for _, p in sorted(self.node.peers.items())]
+        rows = []
+        for _, peer in sorted(node.peers.items()):
+            row = peer.describe(now)
+            row["trust"] = node.trust_of(peer.agent_id) if peer.pubkey is not None else None
+            rows.append(row)
         return ipc.ok_reply(r.req, peers=rows)
 
     def cmd_status(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:

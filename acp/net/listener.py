@@ -92,6 +92,9 @@ async def _handle(node: Node, limiter: trio.CapacityLimiter, stream: trio.Socket
     except hs.Refused as exc:
         node.stats.inc(f"handshakes_refused.{exc.reason}")
         log.warning("refused connection from %s: %s", _peer(stream), one_line(str(exc), 200))
+    except handshake.EmptyConnection:
+        node.stats.inc("handshakes_refused.empty")
+        log.debug("connection from %s closed before sending anything", _peer(stream))
     except (HandshakeError, ProtocolError) as exc:
         node.stats.inc("handshakes_refused.bad_handshake")
         log.warning("refused connection from %s: %s", _peer(stream), one_line(str(exc), 200))

@@ -150,7 +150,7 @@ class Node:
         boot: str | None,
         fresh: bool = True,
     ) -> None:
-        """An mDNS announcement, validated; checks the key against the pin (PROTOCOL.md §2, §4).
+        """An mDNS announcement, validated; checks the key against the pin (docs/protocol.md §2, §4).
 
         ``fresh``: the peer itself just answered or announced (not merely our cache): if we have no
         session with it, it is reachable again, so dial now rather than when the backoff ends.
@@ -322,7 +322,7 @@ class Node:
             log.error("store: %s", result)
 
     def prune(self) -> None:
-        """Drop read items past their keeping time or count (PROTOCOL.md §8.1).
+        """Drop read items past their keeping time or count (docs/protocol.md §8.1).
 
         Runs once a minute, and also whenever the read rows pass ``keep_read_count`` by a tenth,
         so that a flood cannot grow the database for a whole minute first.
@@ -371,7 +371,7 @@ class Node:
         """Queue an envelope for its peer and store it; return ``sending`` or ``queued``.
 
         ``done(None or an exception)`` runs once the envelope is in the durable outbox: that is
-        when ``send`` may reply (PROTOCOL.md §7).
+        when ``send`` may reply (docs/protocol.md §7).
         """
         peer = self._known_peer(env.to)
         if peer is None:
@@ -410,7 +410,7 @@ class Node:
             if isinstance(entry.origin, Ticket):
                 entry.origin.resolve({"acked": True})
         elif ack.error == "inbox_full":
-            # Its inbox is full (for us): keep it, offer it again later (PROTOCOL.md §7).
+            # Its inbox is full (for us): keep it, offer it again later (docs/protocol.md §7).
             self.stats.inc("acks_inbox_full")
             peer.outbox.retry_later(entry, trio.current_time() + INBOX_FULL_RETRY)
             self.holding.add(peer)
@@ -432,7 +432,7 @@ class Node:
 
     def undelivered(self, entry: OutboxEntry, to: str, reason: str) -> None:
         """Tell the sender (if still connected) and every subscriber that an envelope is lost,
-        and store that outcome as an inbox item (PROTOCOL.md §7, §8.1)."""
+        and store that outcome as an inbox item (docs/protocol.md §7, §8.1)."""
         # a peer chooses its ACK error codes: one counter per code it makes up would grow forever
         self.stats.inc(f"undelivered.{reason if reason in KNOWN_REASONS else 'other'}")
         if entry.row:
@@ -473,7 +473,7 @@ class Node:
     # -- receiving ---------------------------------------------------------------------------------
 
     def deliver(self, session: AckSink, peer: Peer, env: Envelope, body: bytes) -> None:
-        """Store an inbound envelope; ACK it ok once the store committed (PROTOCOL.md §7).
+        """Store an inbound envelope; ACK it ok once the store committed (docs/protocol.md §7).
 
         Decided here, at once: a copy of one already stored (ACKed after whatever is being
         stored now, so never before the original), and a full inbox (ACK ``inbox_full``).
@@ -536,16 +536,7 @@ class Node:
         self, item: Item, then: Callable[[bool], None], skip: object | None = None
     ) -> None:
         """Insert an inbox item; once committed, push it to subscribers, then ``then(ok)``."""
-        row = store.InboxRow(
-            item.seq,
-            item.sender,
-            item.msg_id,
-            item.kind,
-            item.received,
-            item.trust,
-            item.body,
-            item.read,
-        )
+        row = store.InboxRow(*attrs.astuple(item, recurse=False))  # the same fields, in order
 
         def done(result: object) -> None:
             if isinstance(result, BaseException):
@@ -574,7 +565,7 @@ class Node:
             self.recent_inbound.popitem(last=False)
 
     def trust_of(self, agent_id: str) -> str:
-        """The trust level of a peer's key (PROTOCOL.md §9)."""
+        """The trust level of a peer's key (docs/protocol.md §9)."""
         rec = self.store.get(agent_id)
         return hs.trust_level(rec.source if rec is not None else None)
 
@@ -586,7 +577,7 @@ class Node:
 
     def subscribe(self, conn: Any, since: int | None = None, count: int | None = None) -> None:
         """Push stored items to ``conn``: the unread ones (or, with ``since``, every one above
-        it), then each item as it is stored (PROTOCOL.md §8.1)."""
+        it), then each item as it is stored (docs/protocol.md §8.1)."""
         items, catch_up = self.local.subscribe(conn, since=since, count=count)
         for item in items:
             conn.push_inbound(item.push_line(), item.seq)
@@ -657,7 +648,7 @@ class Node:
         self.db.submit(store.mark_read(seqs, _now_ms()), stored)
 
 
-# undelivered reasons with a counter of their own: ours, and the ACK error codes of PROTOCOL.md §6
+# undelivered reasons with a counter of their own: ours, and the ACK error codes of docs/protocol.md §6
 KNOWN_REASONS = frozenset(
     {"expired", "forgotten", "stale", "gone", "refused", "from_mismatch", "to_mismatch"}
     | {"unknown_kind", "invalid_payload", "invalid_envelope", "too_large", "not_trusted"}
@@ -670,7 +661,7 @@ def _now_ms() -> int:
 
 
 def _item(r: store.InboxRow) -> Item:
-    return Item(r.seq, r.sender, r.msg_id, r.kind, r.received, r.trust, r.body, r.read)
+    return Item(*attrs.astuple(r, recurse=False))  # InboxRow and Item share their fields
 
 
 class AckSink(Protocol):

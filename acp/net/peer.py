@@ -4,7 +4,7 @@ Why this shape: each TCP stream has exactly one writer task, the only caller of 
 reader never blocks on anything but the socket, and queues ACK/PONG/PING for the writer. The writer
 batches what is queued (control frames first, then envelopes from the peer's outbox) into one
 ``send_all``, encrypting frame by frame. A peer may briefly have two sessions (both sides dialled, or
-a reconnect); ``Peer.offer`` applies PROTOCOL.md §4's rules and only the active session drains the
+a reconnect); ``Peer.offer`` applies docs/protocol.md §4's rules and only the active session drains the
 outbox. Whatever a session had sent without an ACK goes back to the front of the outbox when the
 session ends, so a reconnect resends it in order.
 """
@@ -65,7 +65,7 @@ RECV_SIZE = 64 * 1024  # per receive_some: one allocation each, kept under mallo
 BATCH_BYTES = 256 * 1024  # envelopes gathered into one send_all at most
 BYE_GRACE = 0.5  # seconds for a best-effort BYE on close
 CONTROL_LIMIT = 8192  # ACK/PONG frames owed to a peer before its session is closed
-TCP_KEEPALIVE = 30  # seconds (SPEC §4)
+TCP_KEEPALIVE = 30  # seconds (docs/protocol.md §5)
 
 # Peer states shown by `acp peers`.
 DISCOVERED = "discovered"
@@ -85,7 +85,7 @@ class SessionEnded(Exception):
 
 
 def set_keepalive(stream: trio.abc.Stream) -> None:
-    """TCP keepalive on, probing after 30 s idle every 30 s (SPEC §4)."""
+    """TCP keepalive on, probing after 30 s idle every 30 s (docs/protocol.md §5)."""
     sock = getattr(stream, "socket", None)
     if sock is None:  # a memory stream in tests
         return
@@ -301,7 +301,7 @@ class Session:
             self._on_card(frame.body)
         elif isinstance(frame, frames.Bye):
             raise SessionEnded(f"peer said BYE: {one_line(frame.reason, 200)}")
-        # Unknown frame types are ignored (PROTOCOL.md §5).
+        # Unknown frame types are ignored (docs/protocol.md §5).
 
     def _on_card(self, body: bytes) -> None:
         """The peer's agent card: shown, never trusted; a bad one is ignored, not fatal."""
@@ -409,7 +409,7 @@ class Peer:
             self.active.wake.set()
 
     def offer(self, session: Session) -> bool:
-        """PROTOCOL.md §4: decide whether ``session`` becomes the active one."""
+        """docs/protocol.md §4: decide whether ``session`` becomes the active one."""
         current = self.active
         self.sessions.add(session)
         if current is not None and current is not session:

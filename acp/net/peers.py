@@ -1,7 +1,7 @@
 """Who dials whom, and the reconnect loop: one supervisor task per known peer.
 
 The lower agent_id dials at once; the higher one waits ``HIGHER_SIDE_WAIT`` seconds for it and then
-dials too (PROTOCOL.md §4; ``Peer.offer`` resolves the duplicate). A supervisor loops for the peer's
+dials too (docs/protocol.md §4; ``Peer.offer`` resolves the duplicate). A supervisor loops for the peer's
 lifetime: dial, run the session until it ends, back off (1, 2, 4 … 30 s with jitter; reset after a
 session that came up), and dial again at once when ``Peer.poke`` says the address changed.
 """
@@ -56,7 +56,8 @@ class PeerManager:
                     pubkey=rec.pubkey,
                     host=rec.host,
                     port=rec.port,
-                    source="cache",
+                    # `acp trust --addr` is the user's word for the address too: it stays
+                    source="manual" if rec.source == "manual" and rec.host else "cache",
                     last_seen=rec.last_seen / 1000 if rec.last_seen else None,
                 )
             )
@@ -157,7 +158,7 @@ class PeerManager:
             log.warning("peer %s: %s", peer.agent_id, peer.last_error)
             return False
         except (OSError, HandshakeError, ProtocolError, trio.BrokenResourceError) as exc:
-            why = one_line(str(exc), 200)
+            why = one_line(str(exc), 400)  # room for refused_hint, which names our key
             peer.last_error = f"dial {host}:{port}: {why}"
             node.stats.inc("dial_failures")
             if node.on_dial_failed is not None:

@@ -1,4 +1,4 @@
-"""The reconnect schedule: 1, 2, 4 … 30 s with jitter, reset after a good session (SPEC §4)."""
+"""The reconnect schedule: 1, 2, 4 … 30 s with jitter, reset after a good session (docs/protocol.md §4)."""
 
 from __future__ import annotations
 

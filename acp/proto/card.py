@@ -1,4 +1,4 @@
-"""Agent cards: what a peer says it can do (an acp extension to PROTOCOL.md §5).
+"""Agent cards: what a peer says it can do (an acp extension to docs/protocol.md §5).
 
 A card is ``{"description": str, "skills": [str, ...], "card": {...}}``, all optional, set in
 config.toml's ``[agent]`` table. It travels in a CARD session frame (type 0x06), sent by each side

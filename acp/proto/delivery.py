@@ -1,4 +1,4 @@
-"""Delivery bookkeeping (PROTOCOL.md §7) as plain objects: outbox, seen-id window, inbox.
+"""Delivery bookkeeping (docs/protocol.md §7) as plain objects: outbox, seen-id window, inbox.
 
 Nothing here reads a clock: every method that cares about time takes ``now`` (seconds, any epoch).
 """
@@ -200,7 +200,7 @@ class SeenWindow:
     per envelope for 10 minutes (tens of MiB). Here each sender has two generations of hashed ids:
     the current one is retired when it is ``window`` seconds old or holds ``limit // 2`` ids, and
     the one before it is dropped at that moment. So an id is remembered for at least ``window``
-    seconds (PROTOCOL.md §6) as long as its sender sends fewer than ``limit // 2`` envelopes per
+    seconds (docs/protocol.md §6) as long as its sender sends fewer than ``limit // 2`` envelopes per
     ``window``; a faster sender's ids are remembered for its last ``limit // 2`` envelopes at least,
     which is far more than any sender resends (it resends only what is in its outbox). Memory is
     about 60 bytes per id, at most ``limit`` ids per sender. Ids are hashed with Python's keyed

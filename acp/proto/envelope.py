@@ -1,4 +1,4 @@
-"""Envelopes (PROTOCOL.md §6, SPEC §3): JSON <-> model.Envelope, kind schemas, the size limit.
+"""Envelopes (docs/protocol.md §6): JSON <-> model.Envelope, kind schemas, the size limit.
 
 ``parse`` is for bytes from a peer and raises EnvelopeError carrying the ACK error code;
 ``complete`` is for what a local client hands to ``send`` and fills ``v``, ``id``, ``from``, ``ts``.
@@ -56,7 +56,7 @@ def _one_of(*choices: str) -> Callable[[object], bool]:
     return check
 
 
-# Per kind: field -> (required, check). SPEC §3: a field without "?" is required, `any` admits null.
+# Per kind: field -> (required, check). docs/protocol.md §6: a field without "?" is required, `any` admits null.
 # An optional field that is present must pass its check; null counts as absent (lenient reading).
 SCHEMAS: dict[str, dict[str, tuple[bool, Callable[[object], bool]]]] = {
     "query": {

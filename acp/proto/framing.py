@@ -1,4 +1,4 @@
-"""Length-prefixed frames (PROTOCOL.md §3): a 4-byte big-endian N, then N bytes, 1 <= N <= 65535.
+"""Length-prefixed frames (docs/protocol.md §3): a 4-byte big-endian N, then N bytes, 1 <= N <= 65535.
 
 Any other N is a protocol error raised as soon as the 4 prefix bytes are in, before any body byte
 is buffered, so a peer cannot make us hold more than one frame's worth of memory.

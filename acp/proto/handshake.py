@@ -1,4 +1,4 @@
-"""Handshake payloads and the responder's admission rules (PROTOCOL.md §4).
+"""Handshake payloads and the responder's admission rules (docs/protocol.md §4).
 
 Message 1 carries ``{"v":1,"agent_id":…,"ts":…,"port":…}`` from the initiator, message 2
 ``{"v":1,"agent_id":…}`` back. This module builds and checks those payloads and decides whether
@@ -113,7 +113,7 @@ def judge_key(presented: bytes, held: bytes | None, policy: str) -> str:
 
 
 def trust_level(source: str | None) -> str:
-    """A pinned key's trust level (PROTOCOL.md §9): ``explicit`` if the user named it
+    """A pinned key's trust level (docs/protocol.md §9): ``explicit`` if the user named it
     (config.toml [[peers]], `acp trust`), else ``tofu``. (``verified`` does not exist yet.)"""
     return "explicit" if source in EXPLICIT_SOURCES else "tofu"
 

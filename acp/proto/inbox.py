@@ -1,4 +1,4 @@
-"""The local side of delivery (PROTOCOL.md §7, §8.1) as a plain object: the inbox and its readers.
+"""The local side of delivery (docs/protocol.md §7, §8.1) as a plain object: the inbox and its readers.
 
 ``LocalInbox`` decides, and the daemon carries out: whether an inbound envelope may be stored
 (the bound, and each sender's share of it), which ``seq`` it gets, what is unread, what an ``ack``
@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 
-INBOX_LIMIT = 1000  # unread envelopes kept (PROTOCOL.md §7)
+INBOX_LIMIT = 1000  # unread envelopes kept (docs/protocol.md §7)
 PAGE = 1000  # items a catching-up subscriber is handed per database read
 EVENT = "event"  # the kind of an item that is an outcome of our own send, not an envelope
 
@@ -48,7 +48,7 @@ class Item:
         return self.sender is None
 
     def push_line(self) -> bytes:
-        """The line a subscriber is pushed (PROTOCOL.md §8, §8.1)."""
+        """The line a subscriber is pushed (docs/protocol.md §8, §8.1)."""
         if self.is_event:
             return self.body[:-1] + b',"seq":' + str(self.seq).encode() + b"}\n"
         trust = b'"' + self.trust.encode() + b'",' if self.trust else b"null,"

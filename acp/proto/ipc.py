@@ -1,4 +1,4 @@
-"""The local IPC line codec (PROTOCOL.md §8): one JSON object per line, each way.
+"""The local IPC line codec (docs/protocol.md §8): one JSON object per line, each way.
 
 Requests carry ``cmd`` and optionally ``req`` (echoed in the reply so clients can pipeline).
 Replies are ``{"ok": true, ...}`` or ``{"ok": false, "error": {"code": ..., "message": ...}}``;
@@ -31,7 +31,7 @@ TIMEOUT = "timeout"
 WAIT_MODES = ("accepted", "acked", "response")
 DEFAULT_WAIT_TIMEOUT = 30.0
 MAX_WAIT_TIMEOUT = 3600.0
-DEFAULT_INBOX_LIMIT = 100  # items one `inbox` reply holds by default (PROTOCOL.md §8.1)
+DEFAULT_INBOX_LIMIT = 100  # items one `inbox` reply holds by default (docs/protocol.md §8.1)
 MAX_INBOX_LIMIT = 1000
 STORE_FAILED = "store_failed"
 

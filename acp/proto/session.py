@@ -1,4 +1,4 @@
-"""Session frames (PROTOCOL.md §5): the plaintext inside each Noise transport message.
+"""Session frames (docs/protocol.md §5): the plaintext inside each Noise transport message.
 
 The first byte is a type, the rest its body. Unknown types decode to ``Unknown`` and are ignored by
 the shell, so v1 can grow. ENVELOPE bodies are returned as bytes; ``acp.proto.envelope`` parses them.

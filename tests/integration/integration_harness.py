@@ -267,7 +267,7 @@ class Daemon:
             return c.request(cmd, read_timeout=timeout, **args)
 
     def inbox(self, **args: Any) -> dict[str, Any]:
-        """One ``inbox`` request (PROTOCOL.md §8.1); its ``wait`` is added to the deadline."""
+        """One ``inbox`` request (docs/protocol.md §8.1); its ``wait`` is added to the deadline."""
         return self.call("inbox", timeout=30.0 + float(args.get("wait", 0)), **args)
 
     def inbox_all(
@@ -372,7 +372,7 @@ class Daemon:
 class Subscriber:
     """A raw IPC connection that subscribed: every read has a deadline.
 
-    ``since``: subscribe from that ``seq`` on (PROTOCOL.md §8.1) rather than from the unread ones.
+    ``since``: subscribe from that ``seq`` on (docs/protocol.md §8.1) rather than from the unread ones.
     """
 
     def __init__(self, path: Path, *, since: int | None = None) -> None:
@@ -429,7 +429,7 @@ class Subscriber:
     def next_push(self, timeout: float = 10.0) -> dict[str, Any] | None:
         """The next inbound push as a whole (``seq``, ``envelope``, ``trust``), or None.
 
-        Fails if the push has no integer ``seq`` (PROTOCOL.md §8.1).
+        Fails if the push has no integer ``seq`` (docs/protocol.md §8.1).
         """
         deadline = time.monotonic() + timeout
         while (obj := self._line(deadline)) is not None:
@@ -520,7 +520,7 @@ class Fleet:
         for d in daemons:
             d.knows(*(o for o in daemons if o is not d))
         # Highest agent_id first, each listening before the next starts: the lower side dials
-        # (PROTOCOL.md §4), so every first dial finds its peer up instead of backing off for 1 s.
+        # (docs/protocol.md §4), so every first dial finds its peer up instead of backing off for 1 s.
         for d in sorted(daemons, key=lambda d: d.agent_id, reverse=True):
             d.start()
         for d in daemons:

@@ -90,7 +90,9 @@ def test_json_outputs_and_usage_errors_from_the_daemon(fleet: Fleet) -> None:
     text = a.run_cli("status", check=0).stdout
     assert "agent-a" in text and ident["fingerprint"] in text
     table = a.run_cli("peers", check=0).stdout
-    assert "agent-b" in table and "connected" in table and row["fingerprint"] in table
+    assert "agent-b" in table and "connected" in table
+    wide = a.run_cli("peers", "--wide", check=0).stdout  # the fingerprint: --wide only
+    assert "agent-b" in wide and row["fingerprint"] in wide
 
     sent = json.loads(a.run_cli("send", "agent-b", "hi", "--json", check=0).stdout)
     assert sent["ok"] is True and sent["to"] == "agent-b" and sent["state"] == "sending"

@@ -1,4 +1,4 @@
-"""The durable inbox and outbox (PROTOCOL.md §7, §8.1) across killed and restarted daemons.
+"""The durable inbox and outbox (docs/protocol.md §7, §8.1) across killed and restarted daemons.
 
 A receiver ACKs only what it has stored, so nothing it ACKed is lost when it is killed; a sender
 stores what it accepted before it replies, so nothing it accepted is lost when it is killed; and
@@ -6,7 +6,7 @@ stores what it accepted before it replies, so nothing it accepted is lost when i
 ``inbox`` (never consuming), marked read with ``ack``, and followed with ``subscribe`` + ``since``.
 
 Agent ids are chosen so that the receiving side has the lower one: it dials at once when it
-starts (PROTOCOL.md §4), so no test waits for the higher side's 10 s.
+starts (docs/protocol.md §4), so no test waits for the higher side's 10 s.
 """
 
 from __future__ import annotations

@@ -235,9 +235,13 @@ def test_a_hostile_peer_reaches_no_terminal_and_no_log_line_raw(fleet: Fleet) ->
         evil.close()
     out = a.run_cli("peers", check=0).stdout
     lines = check_lines(out, "acp peers after BYE")
-    (row,) = [line for line in lines if line.startswith(EVIL)]
+    (at,) = [i for i, line in enumerate(lines) if line.startswith(EVIL)]
+    error = lines[at + 1]  # the last error: an indented line under the peer's row
+    assert error.startswith("  last_error: peer said BYE: bye\\x1b]0;pwned\\x07\\x1b[2J\\x9b2J")
+    assert "KEY CHANGED" not in out  # cut at 79 characters, on the peer's own line
+    wide = check_lines(a.run_cli("peers", "--wide", check=0).stdout, "acp peers --wide")
+    (row,) = [line for line in wide if line.startswith(EVIL)]  # the whole error, on its row
     assert "peer said BYE: bye\\x1b]0;pwned\\x07\\x1b[2J\\x9b2J\\u202ebye-rev" in row
-    assert "KEY CHANGED" not in out  # cut at 80 characters, on the peer's row
     assert a.peer(EVIL)["last_error"].startswith("peer said BYE: bye\\x1b]0;pwned")
 
     # -- the daemon's log: every peer string escaped, no forged line --------------------------

@@ -186,7 +186,7 @@ def test_messages_queued_for_a_killed_peer_arrive_once_in_order(fleet: Fleet) ->
 
 
 def test_largest_envelope_crosses_and_one_byte_more_is_refused(fleet: Fleet) -> None:
-    """65518 bytes of compact JSON fill one 65535-byte Noise frame exactly (PROTOCOL.md §6)."""
+    """65518 bytes of compact JSON fill one 65535-byte Noise frame exactly (docs/protocol.md §6)."""
     a, b = fleet.daemon("agent-a"), fleet.daemon("agent-b")
     fleet.mesh(a, b)
     sub = fleet.subscribe(b)

@@ -16,7 +16,7 @@ from acp.proto import session as frames
 from acp.proto.framing import FrameDecoder, encode_frame
 from acp.proto.noise import Initiator
 
-HANDSHAKE_TIMEOUT = 5.0  # PROTOCOL.md §4
+HANDSHAKE_TIMEOUT = 5.0  # docs/protocol.md §4
 
 
 def refused(d: Daemon, reason: str) -> int:
@@ -25,7 +25,7 @@ def refused(d: Daemon, reason: str) -> int:
 
 def test_impostor_with_a_known_agent_id_is_refused(fleet: Fleet) -> None:
     """Same agent_id as B, another key: A refuses every handshake and delivers nothing of it."""
-    # "bravo" < "zulu": B and the impostor both dial A at once (PROTOCOL.md §4)
+    # "bravo" < "zulu": B and the impostor both dial A at once (docs/protocol.md §4)
     a, b = fleet.daemon("zulu"), fleet.daemon("bravo")
     impostor = fleet.daemon("bravo", name="impostor")
     fleet.mesh(a, b)

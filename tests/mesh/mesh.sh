@@ -34,9 +34,9 @@
 # no act_gact; nftables (netdev family, numgen) is used for loss instead.
 # Requires root, iproute2 (ip, tc). Addresses exist only inside the namespaces.
 set -euo pipefail
-# Copied from ../shared/tools/netns/mesh.sh (the project's shared tools) so that tests/mesh does
-# not depend on ../shared at test time; that directory's README.md has the facts measured with it.
-# Unchanged apart from this note: keep the two in step by hand.
+# Copied from the maintainers' netns tools (kept outside this repository) so that tests/mesh
+# depends on nothing outside it; unchanged apart from this note. The facts measured with it are in
+# docs/architecture.md ("Facts about mDNS").
 
 PREFIX=${ACP_MESH_PREFIX:-acp}
 SW="${PREFIX}-sw"

@@ -7,7 +7,8 @@ ordinary filesystem, so the test talks to it from outside with ``acp.client.Clie
 Every wait has a deadline (``wait_for``); teardown always stops the daemons and runs
 ``mesh.sh down``. A test module picks its own ``ACP_MESH_PREFIX``/``ACP_MESH_NET``; an flock on
 ``/tmp/acp-mesh-<prefix>.lock`` makes a second run of the same module wait instead of tearing
-down the first one's mesh (``mesh.sh up`` starts with a ``down``).
+down the first one's mesh (``mesh.sh up`` starts with a ``down``); the holder removes the file
+when it is done, so a run leaves none behind.
 """
 
 from __future__ import annotations
@@ -109,6 +110,44 @@ def numbered(topic: str, i: int) -> dict[str, Any]:
 # -- the mesh -------------------------------------------------------------------------------------
 
 
+def flock_file(path: str, timeout: float, what: str) -> int:
+    """An exclusive flock on ``path`` (created if need be), waiting up to ``timeout`` seconds.
+
+    The holder unlinks the file when it is done (``unlock_file``), so a waiter may end up holding
+    a lock on a file that is gone: it then checks that ``path`` is still the file it locked, and
+    tries again on the new one if not.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise RuntimeError(
+                        f"{what} stayed in use by another run for {timeout:g} s ({path})"
+                    ) from None
+                time.sleep(0.5)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the previous holder removed it: lock the file that is there now
+
+
+def unlock_file(path: str, fd: int) -> None:
+    """Release ``flock_file``'s lock and remove the file (while still holding the lock)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+
+
 class Mesh:
     """``mesh.sh`` with this mesh's prefix and network."""
 
@@ -133,26 +172,16 @@ class Mesh:
             raise RuntimeError(f"mesh.sh {' '.join(map(str, args))}: {r.returncode}: {r.stderr}")
         return r.stdout
 
+    @property
+    def lock_path(self) -> str:
+        return f"/tmp/acp-mesh-{self.prefix}.lock"
+
     def lock(self) -> None:
-        fd = os.open(f"/tmp/acp-mesh-{self.prefix}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + LOCK_TIMEOUT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise RuntimeError(
-                        f"mesh prefix {self.prefix!r} stayed in use by another run for "
-                        f"{LOCK_TIMEOUT:g} s"
-                    ) from None
-                time.sleep(0.5)
-        self._lock_fd = fd
+        self._lock_fd = flock_file(self.lock_path, LOCK_TIMEOUT, f"mesh prefix {self.prefix!r}")
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            unlock_file(self.lock_path, self._lock_fd)
             self._lock_fd = None
 
     def up(self, n: int) -> None:

@@ -78,7 +78,7 @@ def test_host_that_joins_during_a_cut_is_found_after_the_heal(mesh: Mesh, figure
 
 
 def test_longest_agent_id_and_one_with_dots_are_advertised_and_found(mesh: Mesh) -> None:
-    """PROTOCOL.md §1 allows 63 characters of [A-Za-z0-9._-]; mDNS labels stop at 63 bytes."""
+    """docs/protocol.md §1 allows 63 characters of [A-Za-z0-9._-]; mDNS labels stop at 63 bytes."""
     mesh.up(2)
     long_id = "L" + "o" * 61 + "g"
     assert len(long_id) == 63

@@ -1,4 +1,4 @@
-"""Delivery between nodes (PROTOCOL.md §7): order, ACKs, urgent first, resend, TTL and bounds."""
+"""Delivery between nodes (docs/protocol.md §7): order, ACKs, urgent first, resend, TTL and bounds."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Two sessions between the same pair (PROTOCOL.md §4): the lower initiator wins; a reconnect wins
+"""Two sessions between the same pair (docs/protocol.md §4): the lower initiator wins; a reconnect wins
 once confirmed, and the session it replaces gets BYE."""
 
 from __future__ import annotations

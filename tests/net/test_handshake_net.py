@@ -1,4 +1,4 @@
-"""The handshake over a stream (PROTOCOL.md §4): the 5 s deadline on both sides, and refusals."""
+"""The handshake over a stream (docs/protocol.md §4): the 5 s deadline on both sides, and refusals."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Session timers (PROTOCOL.md §5): PING after 15 s without sending, dead after 45 s of silence."""
+"""Session timers (docs/protocol.md §5): PING after 15 s without sending, dead after 45 s of silence."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A peer breaking the protocol closes its own session and nothing else (PROTOCOL.md §5, §6)."""
+"""A peer breaking the protocol closes its own session and nothing else (docs/protocol.md §5, §6)."""
 
 from __future__ import annotations
 

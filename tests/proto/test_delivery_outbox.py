@@ -1,4 +1,4 @@
-"""Delivery bookkeeping (PROTOCOL.md §7): Outbox, SeenWindow, and the reconnect Backoff."""
+"""Delivery bookkeeping (docs/protocol.md §7): Outbox, SeenWindow, and the reconnect Backoff."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Envelope fields and the four kinds' payload schemas (SPEC §3, PROTOCOL.md §6), table-driven."""
+"""Envelope fields and the four kinds' payload schemas (docs/protocol.md §6), table-driven."""
 
 from __future__ import annotations
 

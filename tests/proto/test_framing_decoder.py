@@ -1,4 +1,4 @@
-"""Length-prefixed frames (PROTOCOL.md §3) under any chunking, and garbage in."""
+"""Length-prefixed frames (docs/protocol.md §3) under any chunking, and garbage in."""
 
 from __future__ import annotations
 

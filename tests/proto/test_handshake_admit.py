@@ -1,4 +1,4 @@
-"""The responder's admission rules and the initiator's ts (PROTOCOL.md §4)."""
+"""The responder's admission rules and the initiator's ts (docs/protocol.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ACP_HOME files (PROTOCOL.md §1, §2): identity.key/.pub, config.toml, peers.json."""
+"""ACP_HOME files (docs/protocol.md §1, §2): identity.key/.pub, config.toml, peers.json."""
 
 from __future__ import annotations
 

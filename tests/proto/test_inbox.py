@@ -1,4 +1,4 @@
-"""The local side of delivery (PROTOCOL.md §7, §8.1): LocalInbox and its Items, without a database.
+"""The local side of delivery (docs/protocol.md §7, §8.1): LocalInbox and its Items, without a database.
 
 The stateful models keep what the database would (every stored item with its read flag) and hand
 catching-up subscribers pages read from it, as acp/net/node.py does.
@@ -94,7 +94,7 @@ def copy(item: Item) -> Item:
 
 
 def check_wire(item: Item) -> None:
-    """push_line() and to_json() have the shapes of PROTOCOL.md §8, §8.1."""
+    """push_line() and to_json() have the shapes of docs/protocol.md §8, §8.1."""
     line = item.push_line()
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     pushed = json.loads(line)
