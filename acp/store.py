@@ -305,6 +305,7 @@ class Database:
         self._thread: threading.Thread | None = None
         self._token: Any = None
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
         self.commits = 0  # transactions committed, for `acp status`
         self.jobs = 0
 
@@ -340,6 +341,13 @@ class Database:
     ) -> None:
         """Queue ``fn`` for the next transaction; ``done(result or exception)`` runs afterwards
         on the trio thread, after the commit, in submission order. Never blocks."""
+        if self._closed:  # late jobs of a daemon that is stopping: refused, never run
+            if done is not None:
+                import trio
+
+                exc = StoreError(f"{self.path}: the store is closed")
+                trio.lowlevel.current_trio_token().run_sync_soon(_deliver, [(done, exc)])
+            return
         if self._thread is None:
             self._start()
         self._queue.put(_Job(fn, done))
@@ -373,6 +381,7 @@ class Database:
         """Finish every queued job, then stop the thread."""
         import trio
 
+        self._closed = True
         if self._thread is None:
             return
         self._queue.put(_STOP)

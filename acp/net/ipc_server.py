@@ -122,7 +122,12 @@ class IpcConn:
 
 
 def _store_error(exc: BaseException, req: Any) -> dict[str, Any]:
-    return ipc.error_reply(ipc.STORE_FAILED, f"not stored: {exc}", req)
+    return ipc.error_reply(
+        ipc.STORE_FAILED,
+        f"not stored durably: {exc} (a send may still go out while this daemon runs; "
+        "it would not survive a restart)",
+        req,
+    )
 
 
 LOCK_RETRY = 0.1  # seconds DaemonLock.acquire tries again before the lock is another daemon's
@@ -240,6 +245,12 @@ class IpcServer:
                     outer.start_soon(conn.writer)
                     async with trio.open_nursery() as inner:
                         inner.start_soon(self._reader, conn, inner)
+                    # The client closed its side: replies that wait for a commit (send, ack)
+                    # are sent from store callbacks, all of which run before this one's.
+                    try:
+                        await node.db.call(store.nothing)
+                    except store.StoreError:
+                        pass
                     await conn.flush()
                     outer.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

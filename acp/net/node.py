@@ -91,6 +91,8 @@ class Node:
         self._prune_at = config.keep_read_count + max(100, config.keep_read_count // 10)
         self._stored_event = trio.Event()
         self.holding: set[Peer] = set()  # peers whose outbox waits after an inbox_full
+        # (sender, id) of inbound envelopes whose insert is in flight -> the sessions to ACK
+        self._storing: dict[tuple[str, str], list[AckSink]] = {}
         self.seen = SeenWindow()
         self.conns: set[IpcConn] = set()
         self.response_waiters: dict[str, Ticket] = {}
@@ -283,12 +285,12 @@ class Node:
             self.seen.add(sender, msg_id, now)
             self._remember_inbound(msg_id, sender)
         self.next_row = loaded.last_outbox_row
-        orphans: list[int] = []
         for row in loaded.outbox:
             peer = self._known_peer(row.peer)
             if peer is None:
-                orphans.append(row.row)
-                continue
+                # queued for a peer mDNS had announced, never reached, so never pinned: keep it
+                # queued; a fresh announcement makes it dialable, or its TTL reports it
+                peer = self.add_peer(Peer(row.peer, source="cache"))
             entry = peer.outbox.put(
                 row.msg_id,
                 row.wire,
@@ -298,13 +300,11 @@ class Node:
                 force=True,
             )
             entry.row = row.row
-        if orphans:
-            self.db.submit(store.delete_outbox(orphans))
         if loaded.outbox:
             log.info(
                 "store: %d unread envelope(s), %d queued for peers",
                 self.local.unread_count,
-                len(loaded.outbox) - len(orphans),
+                len(loaded.outbox),
             )
 
     def save_peers(self) -> None:
@@ -481,7 +481,11 @@ class Node:
         now = trio.current_time()
         if self.seen.seen(env.from_, env.id, now):
             self.stats.inc("duplicates")
-            self.db.submit(store.nothing, lambda _: session.send_ack(Ack(env.id, True)))
+            waiting = self._storing.get((env.from_, env.id))
+            if waiting is not None:  # the original's insert is in flight: share its outcome
+                waiting.append(session)
+            else:
+                self.db.submit(store.nothing, lambda _: session.send_ack(Ack(env.id, True)))
             return
         error = self.local.admit(env.from_)
         if error is not None:
@@ -517,10 +521,17 @@ class Node:
             read=ticket is not None,  # the client waiting for this response reads it now
         )
 
+        key = (env.from_, env.id)
+        self._storing[key] = [session]
+
         def stored(ok: bool) -> None:
+            sessions = self._storing.pop(key, [session])
             if not ok:
                 self.seen.discard(env.from_, env.id)  # not stored: its resend is no copy
-                session.send_ack(Ack(env.id, False, "inbox_full"))
+                if ticket is not None:
+                    self.response_waiters.setdefault(env.reply_to or "", ticket)
+                for s in sessions:
+                    s.send_ack(Ack(env.id, False, "inbox_full"))
                 return
             if ticket is not None:
                 ticket.response = item.push_line()
@@ -528,7 +539,8 @@ class Node:
                     ticket.done.set()
             self._remember_inbound(env.id, env.from_)
             self.stats.inc("messages_delivered")
-            session.send_ack(Ack(env.id, True))
+            for s in sessions:
+                s.send_ack(Ack(env.id, True))
 
         self._store_item(item, stored)
 
@@ -590,8 +602,11 @@ class Node:
         if cursor is None:
             return
         conn.catching_up = False
+        asked_for = self.local.subscription(conn)
 
         def page(rows: list[store.InboxRow] | BaseException) -> None:
+            if self.local.subscription(conn) is not asked_for:
+                return  # read for a subscription that was replaced (or ended) since
             if isinstance(rows, BaseException):
                 self._store_failed(rows)
                 self.local.unsubscribe(conn)

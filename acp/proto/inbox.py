@@ -241,6 +241,10 @@ class LocalInbox:
             sub.live = True
         return items, full
 
+    def subscription(self, key: Hashable) -> Subscription | None:
+        """The live subscription under ``key``: a page read for another one must be dropped."""
+        return self._subs.get(key)
+
     def cursor(self, key: Hashable) -> int | None:
         sub = self._subs.get(key)
         return sub.cursor if sub is not None else None

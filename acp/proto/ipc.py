@@ -68,11 +68,11 @@ _FIELDS: dict[str, dict[str, tuple[bool, Any, str]]] = {
     "id": {},
     "subscribe": {
         "count": (False, lambda v: _is_int(v) and v >= 1, "a positive integer (pushes, then stop)"),
-        "since": (False, lambda v: _is_int(v) and v >= 0, "a seq (an integer >= 0)"),
+        "since": (False, lambda v: _is_int(v) and 0 <= v < 2**63, "a seq (an integer >= 0)"),
     },
     "inbox": {
         "unread": (False, lambda v: isinstance(v, bool), "true or false"),
-        "since": (False, lambda v: _is_int(v) and v >= 0, "a seq (an integer >= 0)"),
+        "since": (False, lambda v: _is_int(v) and 0 <= v < 2**63, "a seq (an integer >= 0)"),
         "limit": (False, lambda v: _is_int(v) and 1 <= v <= MAX_INBOX_LIMIT, "1..1000"),
         "kinds": (False, _is_str_list, "a list of kinds"),
         "from": (False, _is_str_list, "a list of agent_ids"),
@@ -84,7 +84,7 @@ _FIELDS: dict[str, dict[str, tuple[bool, Any, str]]] = {
     },
     "ack": {
         "ids": (False, _is_str_list, "a list of envelope ids"),
-        "up_to": (False, lambda v: _is_int(v) and v >= 0, "a seq (an integer >= 0)"),
+        "up_to": (False, lambda v: _is_int(v) and 0 <= v < 2**63, "a seq (an integer >= 0)"),
     },
     "trust": {
         "agent_id": (True, is_agent_id, "an agent_id"),

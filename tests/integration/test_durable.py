@@ -15,6 +15,7 @@ import itertools
 import json
 import random
 import signal
+import socket
 import subprocess
 import time
 from typing import Any
@@ -572,3 +573,23 @@ def test_pins_in_an_existing_peers_json_are_imported(fleet: Fleet) -> None:
     assert reply["state"] == "acked", reply
     row = upgraded.peer("bravo")
     assert row is not None and row["pubkey"] == b.pubkey, row
+
+
+def test_a_client_that_half_closes_still_gets_the_replies_that_wait_for_a_commit(
+    fleet: Fleet,
+) -> None:
+    """`printf '{"cmd":"ack",...}' | nc -N -U acp.sock`: the reply follows the commit, and the
+    client's EOF must not close the connection before it."""
+    alpha = fleet.daemon("alpha")
+    alpha.start()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(alpha.socket_path))
+        s.sendall(b'{"cmd":"ack","up_to":5,"req":1}\n{"cmd":"status","req":2}\n')
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    replies = {json.loads(line)["req"]: json.loads(line) for line in data.splitlines()}
+    assert replies[1] == {"ok": True, "acked": 0, "req": 1}
+    assert replies[2]["ok"] is True

@@ -165,3 +165,68 @@ async def test_read_rows_are_pruned_by_count_as_they_pile_up(tmp_path: Path) -> 
     rows = node.db._connection().execute("SELECT count(*), max(seq) FROM inbox").fetchone()
     assert rows[0] == node.stored_rows and rows[1] == 400
     assert node.stats["inbox_pruned"] >= 400 - most
+
+
+async def test_a_send_queued_for_a_peer_never_pinned_survives_a_restart(tmp_path: Path) -> None:
+    """mDNS announced beta, nothing ever reached it (so no pin): the queued envelope is kept."""
+    node = make_node(tmp_path, "alpha")
+    node.discovered("beta", os.urandom(32), "10.0.0.2", 7102, boot=None)
+    assert node.store.get("beta") is None or node.store.get("beta").pubkey is None  # type: ignore[union-attr]
+    env, wire = envelope_mod.complete(
+        {"kind": "notify", "payload": {"topic": "t", "data": 1}},
+        own_id="alpha",
+        to="beta",
+        now_ms=1,
+    )
+    done: list[object] = []
+    assert node.route(env, wire, Ticket(None, env.id, "beta"), done.append) == "queued"
+    await trio.testing.wait_all_tasks_blocked()
+    assert done == [None]
+    again = make_node(tmp_path, "alpha")  # the same ACP_HOME: a restarted daemon
+    assert len(again.peers["beta"].outbox) == 1
+
+
+async def test_copies_of_an_envelope_share_the_outcome_of_its_insert(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The original's insert fails while a resent copy waits: neither may be ACKed ok."""
+    node = make_node(tmp_path, "alpha")
+    beta = node.add_peer(Peer("beta", pubkey=os.urandom(32)))
+    from acp import store
+
+    def failing(row: Any, read_at: Any) -> Any:
+        def job(conn: Any) -> None:
+            raise store.sqlite3.OperationalError("disk I/O error")
+
+        return job
+
+    monkeypatch.setattr(store, "insert_inbox", failing)
+    first, second = Sink(), Sink()
+    body = json.dumps(notify("beta", "alpha", "m1")).encode()
+    node.deliver(first, beta, envelope_mod.parse(body), body)
+    node.deliver(second, beta, envelope_mod.parse(body), body)  # the resend, on a new session
+    await trio.testing.wait_all_tasks_blocked()
+    assert [(a.ok, a.error) for a in first.acks + second.acks] == [(False, "inbox_full")] * 2
+    monkeypatch.undo()
+    assert (await arrive(node, beta, "m1")).ok  # not remembered as stored: offered again, stored
+    assert node.local.unread_count == 1
+
+
+async def test_a_page_read_for_a_replaced_subscription_is_dropped(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    import acp.net.node as node_mod
+
+    monkeypatch.setattr(node_mod, "PAGE", 5)
+    node = make_node(tmp_path, "alpha", inbox_limit=100)
+    beta = node.add_peer(Peer("beta", pubkey=os.urandom(32)))
+    for i in range(20):
+        assert (await arrive(node, beta, f"m{i}")).ok
+    node.ack(None, 20, lambda n: None)
+    await trio.testing.wait_all_tasks_blocked()
+    conn = FakeConn()
+    node.subscribe(conn, since=15)  # its page (16..20) is read ...
+    node.unsubscribe(conn)
+    node.subscribe(conn, since=0)  # ... but this one asked for everything
+    await trio.testing.wait_all_tasks_blocked()
+    assert [p["seq"] for p in conn.inbound] == list(range(1, 21))

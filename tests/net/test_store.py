@@ -573,3 +573,17 @@ async def test_read_inbox_filters(db: Database) -> None:
     assert await read(kinds=[], senders=[]) == [1, 2, 3, 4, 5, 6]  # empty lists: no filter
     assert await read(senders=["nobody"]) == []
     assert await read(since=6) == []
+
+
+async def test_a_job_submitted_after_close_is_refused_not_run(path: Path) -> None:
+    """A store callback may submit while the daemon closes the store: that job must fail, not
+    start a second thread (which could take the stop marker and leave the first one hanging)."""
+    db = Database(path)
+    with trio.fail_after(WAIT):
+        await db.open()
+        await db.close()
+        got: list[object] = []
+        db.submit(store.nothing, got.append)
+        await trio.testing.wait_all_tasks_blocked()
+    assert len(got) == 1 and isinstance(got[0], StoreError)
+    assert db._thread is None
