@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -93,6 +94,10 @@ class Node:
         self.holding: set[Peer] = set()  # peers whose outbox waits after an inbox_full
         # (sender, id) of inbound envelopes whose insert is in flight -> the sessions to ACK
         self._storing: dict[tuple[str, str], list[AckSink]] = {}
+        # sessions that got inbox_full -> the id refused first (what they must offer again first)
+        self._refusing: weakref.WeakKeyDictionary[AckSink, tuple[str, float]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.seen = SeenWindow()
         self.conns: set[IpcConn] = set()
         self.response_waiters: dict[str, Ticket] = {}
@@ -487,8 +492,17 @@ class Node:
             else:
                 self.db.submit(store.nothing, lambda _: session.send_ack(Ack(env.id, True)))
             return
+        refused = self._refusing.get(session)
+        if refused is not None and env.id != refused[0] and now - refused[1] < HOLD_ORDER:
+            # Per-peer order (§7): once one envelope of this session was refused for a full
+            # inbox, the ones behind it wait too, until the refused one is offered again.
+            self.stats.inc("inbox_full")
+            session.send_ack(Ack(env.id, False, "inbox_full"))
+            return
+        self._refusing.pop(session, None)
         error = self.local.admit(env.from_)
         if error is not None:
+            self._refusing[session] = (env.id, now)
             self.stats.inc("inbox_full")
             if self.local.held_by(env.from_) >= self.local.per_sender:
                 why = f"{env.from_} holds its share ({self.local.per_sender}) of the inbox"
@@ -668,6 +682,9 @@ KNOWN_REASONS = frozenset(
     {"expired", "forgotten", "stale", "gone", "refused", "from_mismatch", "to_mismatch"}
     | {"unknown_kind", "invalid_payload", "invalid_envelope", "too_large", "not_trusted"}
 )
+# after an inbox_full, a session's later envelopes are refused until the refused one comes back,
+# or this long (a sender whose refused envelope expired must not be refused for ever)
+HOLD_ORDER = 15.0
 INBOX_FULL_RETRY = 5.0  # seconds before envelopes refused with inbox_full are offered again
 
 

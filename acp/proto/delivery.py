@@ -27,6 +27,7 @@ class OutboxEntry:
     seq: int = 0
     origin: object = None
     row: int = 0  # its row in the durable outbox (0: not stored)
+    sent: int = 0  # the order it was first put on the wire (0: not yet)
 
 
 class OutboxFull(Exception):
@@ -44,6 +45,7 @@ class Outbox:
         self.limit = limit
         self.ttl = ttl
         self._seq = 0
+        self._sent = 0
         self.hold_until: float | None = None  # the peer's inbox was full: send nothing before
         self._clear()
 
@@ -101,6 +103,9 @@ class Outbox:
         for queue in (self._resend, self._urgent, self._normal):
             entry = self._pop_live(queue)
             if entry is not None:
+                if not entry.sent:
+                    self._sent += 1
+                    entry.sent = self._sent
                 self._inflight[entry.seq] = entry
                 return entry
         return None
@@ -136,20 +141,23 @@ class Outbox:
 
     def retry_later(self, entry: OutboxEntry, until: float) -> None:
         """Take back an entry the peer refused for now (``inbox_full``, ACKed away already):
-        it goes back in front, in the order first queued, and nothing is sent before ``until``."""
+        it goes back in front, in the order first sent, and nothing is sent before ``until``."""
         self._by_id.setdefault(entry.id, []).append(entry)
         self._count += 1
         queue = list(self._resend)
-        bisect.insort(queue, entry, key=lambda e: e.seq)
+        bisect.insort(queue, entry, key=lambda e: e.sent)
         self._resend = deque(queue)
         self.hold_until = until if self.hold_until is None else max(self.hold_until, until)
 
     def session_lost(self) -> None:
         """Put everything in flight back in front, in the order it was first sent."""
         if self._inflight:
-            back = list(self._inflight.values())  # insertion order: the order sent
+            back = list(self._inflight.values())
             self._inflight.clear()
-            self._resend.extendleft(reversed(back))
+            if self._resend:  # refused ones waiting to be offered again: merge, in send order
+                self._resend = deque(sorted([*back, *self._resend], key=lambda e: e.sent))
+            else:
+                self._resend.extendleft(reversed(back))  # insertion order: the order sent
 
     def expire(self, now: float) -> list[OutboxEntry]:
         """Remove and return every entry whose TTL has passed."""

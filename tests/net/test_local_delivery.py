@@ -230,3 +230,25 @@ async def test_a_page_read_for_a_replaced_subscription_is_dropped(
     node.subscribe(conn, since=0)  # ... but this one asked for everything
     await trio.testing.wait_all_tasks_blocked()
     assert [p["seq"] for p in conn.inbound] == list(range(1, 21))
+
+
+async def test_after_inbox_full_the_envelopes_behind_wait_for_the_refused_one(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Per-peer order (§7): a slot freed between two envelopes must not let the later one in
+    ahead of the refused one."""
+    node = make_node(tmp_path, "alpha", inbox_limit=2, inbox_per_sender=2)
+    beta = node.add_peer(Peer("beta", pubkey=os.urandom(32)))
+    session = Sink()
+    assert (await arrive(node, beta, "m1", session)).ok
+    assert (await arrive(node, beta, "m2", session)).ok
+    assert (await arrive(node, beta, "m3", session)).error == "inbox_full"
+    node.ack(["m1"], None, lambda n: None)  # a slot frees up
+    await trio.testing.wait_all_tasks_blocked()
+    assert (await arrive(node, beta, "m4", session)).error == "inbox_full"  # not ahead of m3
+    assert (await arrive(node, beta, "m3", session)).ok  # the refused one, offered again
+    assert (await arrive(node, beta, "m4", session)).error == "inbox_full"  # the bound, now
+    await trio.sleep(20)  # a sender whose m3 had expired is not refused for ever
+    node.ack(["m2"], None, lambda n: None)
+    await trio.testing.wait_all_tasks_blocked()
+    assert (await arrive(node, beta, "m5", session)).ok

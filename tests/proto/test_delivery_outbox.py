@@ -421,3 +421,18 @@ def test_backoff_custom_schedule() -> None:
     backoff = Backoff(first=0.5, cap=3.0, factor=3.0, jitter=0)
     assert [backoff.next() for _ in range(4)] == [0.5, 1.5, 3.0, 3.0]
     assert backoff.base() == 3.0
+
+
+def test_a_refused_entry_keeps_its_place_when_the_session_is_lost() -> None:
+    """inbox_full for b while c and d are in flight, then a reconnect: b, c, d, in send order."""
+    box = Outbox()
+    for env_id in "abcd":
+        box.put(env_id, env_id.encode(), urgent=False, now=0.0)
+    assert [box.next_to_send().id for _ in range(4)] == list("abcd")  # type: ignore[union-attr]
+    assert box.ack("a") is not None
+    refused = box.ack("b")
+    assert refused is not None
+    box.retry_later(refused, until=5.0)
+    assert box.take_batch(1 << 20, now=1.0) == []  # held
+    box.session_lost()
+    assert ids(box.take_batch(1 << 20, now=5.0)) == ["b", "c", "d"]
