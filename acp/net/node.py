@@ -670,8 +670,11 @@ class Node:
             self.db.submit(store.nothing, lambda _: done(0))
             return
         self.stats.inc("inbox_acked", len(seqs))
+        marked = self.local.last_marked
 
         def stored(result: object) -> None:
+            if isinstance(result, BaseException):
+                self.local.unmark(marked)  # not stored: unread here too, as on disk
             done(result if isinstance(result, BaseException) else len(seqs))
 
         self.db.submit(store.mark_read(seqs, _now_ms()), stored)

@@ -96,6 +96,7 @@ class LocalInbox:
         self._by_sender: dict[str, int] = {}  # unread + in flight, per sender
         self._envelopes = 0  # unread + in flight envelopes (events do not count)
         self._subs: dict[Hashable, Subscription] = {}
+        self.last_marked: list[Item] = []  # what the last ack_* call marked read
 
     # -- counts --------------------------------------------------------------------------------
 
@@ -200,11 +201,22 @@ class LocalInbox:
         return self._mark([s for s in self._unread if s <= seq])
 
     def _mark(self, seqs: list[int]) -> list[int]:
+        marked = []
         for s in seqs:
             item = self._unread.pop(s)
             item.read = True
             self._count(item, -1)
+            marked.append(item)
+        self.last_marked = marked
         return seqs
+
+    def unmark(self, items: Iterable[Item]) -> None:
+        """Items whose ack could not be stored are unread again, in their place."""
+        for item in items:
+            item.read = False
+            self._unread[item.seq] = item
+            self._count(item, +1)
+        self._unread = dict(sorted(self._unread.items()))
 
     # -- subscribers ---------------------------------------------------------------------------
 

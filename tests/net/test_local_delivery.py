@@ -252,3 +252,28 @@ async def test_after_inbox_full_the_envelopes_behind_wait_for_the_refused_one(
     node.ack(["m2"], None, lambda n: None)
     await trio.testing.wait_all_tasks_blocked()
     assert (await arrive(node, beta, "m5", session)).ok
+
+
+async def test_an_ack_that_cannot_be_stored_leaves_the_items_unread(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    node = make_node(tmp_path, "alpha")
+    beta = node.add_peer(Peer("beta", pubkey=os.urandom(32)))
+    for i in range(3):
+        assert (await arrive(node, beta, f"m{i}")).ok
+    from acp import store
+
+    def failing(seqs: Any, now_ms: Any) -> Any:
+        def job(conn: Any) -> int:
+            raise store.sqlite3.OperationalError("disk I/O error")
+
+        return job
+
+    monkeypatch.setattr(store, "mark_read", failing)
+    got: list[object] = []
+    node.ack(["m0", "m2"], None, got.append)
+    assert node.local.unread_count == 1  # marked at once ...
+    await trio.testing.wait_all_tasks_blocked()
+    assert isinstance(got[0], store.StoreError)
+    assert [i.msg_id for i in node.local.unread()] == ["m0", "m1", "m2"]  # ... and back, in order
+    assert node.local.held_by("beta") == 3
