@@ -32,6 +32,7 @@ from acp.errors import (
     EXIT_USAGE,
     AcpError,
     ConfigError,
+    DaemonUnavailable,
     RequestFailed,
 )
 from acp.text import clean, one_line, safe_json
@@ -62,9 +63,9 @@ def _parse_data(text: str) -> Any:
         return text
 
 
-def _usage_error(message: str) -> AcpError:
+def _usage_error(message: str, code: str = "bad_request") -> AcpError:
     """A bad argument caught here exits 2, as one the daemon refuses (bad_request) does."""
-    exc = AcpError(message, code="bad_request")
+    exc = AcpError(message, code=code)
     exc.exit_code = EXIT_USAGE
     return exc
 
@@ -109,13 +110,11 @@ def _text_arg(value: str | None, file: Path | None, what: str) -> str:
     except OSError as exc:
         raise _usage_error(f"cannot read {source}: {exc.strerror or exc}") from None
     if len(raw) > READ_LIMIT:
-        big = AcpError(
+        raise _usage_error(
             f"{what} from {source} is over {READ_LIMIT} bytes; an envelope is at most "
             f"{ENVELOPE_LIMIT} bytes of JSON",
             code="too_large",
         )
-        big.exit_code = EXIT_USAGE
-        raise big
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -148,16 +147,19 @@ def _check_seq(value: int | None, what: str) -> None:
 
 @contextmanager
 def _waiting(msg_id: str, mode: str) -> Iterator[None]:
-    """Around a send: on a timeout, a failed delivery or Ctrl-C, say which message id it was, so
-    that a late reply (whose reply_to is that id) can still be matched."""
+    """Around a send on a connected client: on a timeout, a failed delivery, a lost connection or
+    Ctrl-C, say which message id it was, so that a late reply (whose reply_to is that id) can
+    still be matched."""
     late = "a late reply can be matched with `acp inbox` (its reply_to is that id)"
+    maybe_sent = f"message id {msg_id} (sent if the daemon accepted it): {late}"
     try:
         yield
     except KeyboardInterrupt:
-        print(
-            f"acp: interrupted; message id {msg_id} (sent if the daemon accepted it): {late}",
-            file=sys.stderr,
-        )
+        print(f"acp: interrupted; {maybe_sent}", file=sys.stderr)
+        raise
+    except DaemonUnavailable as exc:  # the daemon stopped or restarted while we waited
+        exc.message = f"{exc.message}; {maybe_sent}"
+        exc.args = (exc.message,)
         raise
     except RequestFailed as exc:
         if exc.code in ("timeout", "undelivered"):
@@ -201,7 +203,7 @@ Text = Annotated[str | None, Parameter(allow_leading_hyphen=True)]  # `-` (stdin
 def _send(agent: str, env: dict[str, Any], mode: str, timeout: float) -> dict[str, Any]:
     """Send with an id of our own, so that it can be named even if no reply ever comes."""
     env["id"] = str(uuid.uuid4())
-    with _waiting(env["id"], mode), Client() as c:
+    with Client() as c, _waiting(env["id"], mode):  # no daemon: nothing was sent
         return c.send(agent, env, wait=mode, timeout=timeout)
 
 
@@ -577,6 +579,15 @@ def _summary(item: dict[str, Any]) -> tuple[str, str, str, str]:
     return str(env.get("from", "?")), kind, str(env.get("id", "?")), text
 
 
+def _screen_width(least: int) -> int:
+    """Columns a table may fill: ``least``, or a wider terminal's width (less one)."""
+    if not sys.stdout.isatty():
+        return least
+    import shutil
+
+    return max(least, shutil.get_terminal_size().columns - 1)
+
+
 def _inbox_lines(messages: list[dict[str, Any]]) -> list[str]:
     rows = []
     for m in messages:
@@ -587,11 +598,7 @@ def _inbox_lines(messages: list[dict[str, Any]]) -> list[str]:
             text = f"(read) {text}"
         rows.append((str(m.get("seq", "?")), sender, kind, msg_id, text))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    width = INBOX_WIDTH
-    if sys.stdout.isatty():
-        import shutil
-
-        width = max(width, shutil.get_terminal_size().columns - 1)
+    width = _screen_width(INBOX_WIDTH)
     lines = []
     for seq, sender, kind, msg_id, text in rows:
         head = "  ".join(
@@ -738,11 +745,7 @@ def _peers_text(rows: list[dict[str, Any]], *, wide: bool) -> str:
     cells = [_peer_cells(p) for p in rows]
     header = list(PEERS_WIDE_COLUMNS if wide else PEERS_COLUMNS)
     limits = {h: None if (wide and h == "LAST_ERROR") else 80 for h in header}
-    width = PEERS_WIDTH
-    if sys.stdout.isatty():
-        import shutil
-
-        width = max(width, shutil.get_terminal_size().columns - 1)
+    width = _screen_width(PEERS_WIDTH)
 
     def table() -> list[list[str]]:
         return [[one_line(c[h], limits[h]) for h in header] for c in cells]
@@ -982,14 +985,10 @@ def card(*, reload: bool = False, json: Json = False) -> int:
             print(f"description  {shown['description']}")
         print(f"skills       {', '.join(shown.get('skills') or []) or '-'}")
         if shown.get("card"):
-            print(f"card         {_dumps_compact(shown['card'])}")
+            print(f"card         {safe_json(shown['card'])}")
     if reload:
         print(f"sent to {out.get('sent_to', 0)} connected peer(s)")
     return EXIT_OK
-
-
-def _dumps_compact(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
 @app.command

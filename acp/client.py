@@ -148,6 +148,14 @@ def inbox_args(
     return args
 
 
+def trust_args(agent_id: str, pubkey: str, addr: str | None) -> dict[str, Any]:
+    """The fields of a ``trust`` request; ``addr`` only when given."""
+    args: dict[str, Any] = {"agent_id": agent_id, "pubkey": pubkey}
+    if addr:
+        args["addr"] = addr
+    return args
+
+
 def ack_args(ids: list[str] | None, up_to: int | None) -> dict[str, Any]:
     """The fields of an ``ack`` request: message ids, or every envelope up to a ``seq``."""
     if (ids is None) == (up_to is None):
@@ -687,10 +695,7 @@ class Client:
         return self.request("id")
 
     def trust(self, agent_id: str, pubkey: str, *, addr: str | None = None) -> dict[str, Any]:
-        args: dict[str, Any] = {"agent_id": agent_id, "pubkey": pubkey}
-        if addr:
-            args["addr"] = addr
-        return self.request("trust", **args)
+        return self.request("trust", **trust_args(agent_id, pubkey, addr))
 
     def forget(self, agent_id: str) -> dict[str, Any]:
         return self.request("forget", agent_id=agent_id)
@@ -1017,10 +1022,7 @@ class TrioClient:
         return await self.request("id")
 
     async def trust(self, agent_id: str, pubkey: str, *, addr: str | None = None) -> dict[str, Any]:
-        args: dict[str, Any] = {"agent_id": agent_id, "pubkey": pubkey}
-        if addr:
-            args["addr"] = addr
-        return await self.request("trust", **args)
+        return await self.request("trust", **trust_args(agent_id, pubkey, addr))
 
     async def forget(self, agent_id: str) -> dict[str, Any]:
         return await self.request("forget", agent_id=agent_id)

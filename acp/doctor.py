@@ -31,6 +31,7 @@ import os
 import secrets
 import select
 import socket
+import stat
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -190,12 +191,11 @@ def check_files(facts: Facts) -> list[Finding]:
     d = facts.home_dir
     if d is not None:
         if d.mode is None:
-            if running:
-                out.append(fail("ACP_HOME", f"{d.path}: {d.error}", "restart the daemon"))
-            else:
-                out.append(
-                    warn("ACP_HOME", f"{d.path} does not exist yet", "`acp daemon` creates it")
-                )
+            out.append(
+                fail("ACP_HOME", f"{d.path}: {d.error}", "restart the daemon")
+                if running
+                else warn("ACP_HOME", f"{d.path} does not exist yet", "`acp daemon` creates it")
+            )
         elif d.mode & 0o077:
             out.append(
                 warn(
@@ -209,24 +209,21 @@ def check_files(facts: Facts) -> list[Finding]:
     k = facts.key
     if k is not None:
         if k.mode is None:
-            if running:
-                out.append(
-                    fail(
-                        "identity.key",
-                        f"{k.path} is missing ({k.error}): the daemon runs with a key it can no "
-                        "longer find, and makes a new one (a new identity) at its next start",
-                        "restore identity.key from a backup before the daemon restarts; otherwise "
-                        "peers will see a key change and need `acp trust` on their side",
-                    )
+            out.append(
+                fail(
+                    "identity.key",
+                    f"{k.path} is missing ({k.error}): the daemon runs with a key it can no "
+                    "longer find, and makes a new one (a new identity) at its next start",
+                    "restore identity.key from a backup before the daemon restarts; otherwise "
+                    "peers will see a key change and need `acp trust` on their side",
                 )
-            else:
-                out.append(
-                    warn(
-                        "identity.key",
-                        f"{k.path} does not exist yet",
-                        "`acp daemon` creates it at its first start",
-                    )
+                if running
+                else warn(
+                    "identity.key",
+                    f"{k.path} does not exist yet",
+                    "`acp daemon` creates it at its first start",
                 )
+            )
         elif k.mode & 0o077:
             out.append(
                 fail(
@@ -249,18 +246,15 @@ def check_files(facts: Facts) -> list[Finding]:
     db = facts.db
     if db is not None:
         if db.mode is None:
-            if running:
-                out.append(
-                    fail(
-                        "acp.db",
-                        f"{db.path} is missing ({db.error}) while the daemon runs",
-                        "restart the daemon (what it had stored since is lost)",
-                    )
+            out.append(
+                fail(
+                    "acp.db",
+                    f"{db.path} is missing ({db.error}) while the daemon runs",
+                    "restart the daemon (what it had stored since is lost)",
                 )
-            else:
-                out.append(
-                    ok("acp.db", "not created yet (the daemon creates it at its first start)")
-                )
+                if running
+                else ok("acp.db", "not created yet (the daemon creates it at its first start)")
+            )
         elif not db.readable:
             out.append(
                 fail(
@@ -873,10 +867,11 @@ def diagnose(facts: Facts) -> list[Finding]:
 
 def _file_facts(path: Path, *, head: int = 0) -> FileFacts:
     try:
-        mode = path.stat().st_mode & 0o7777
+        st_mode = path.stat().st_mode
     except OSError as exc:
         return FileFacts(str(path), error=exc.strerror or str(exc))
-    if path.is_dir():
+    mode = stat.S_IMODE(st_mode)
+    if stat.S_ISDIR(st_mode):
         return FileFacts(str(path), mode, readable=os.access(path, os.R_OK | os.X_OK))
     try:
         with path.open("rb") as f:
@@ -906,12 +901,11 @@ def list_ifaces() -> list[IfaceFacts]:
 
     out = []
     for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if isinstance(ip.ip, str):
-                name = adapter.nice_name
-                out.append(
-                    IfaceFacts(name, ip.ip, ip.network_prefix, _read_flags(name), _operstate(name))
-                )
+        v4 = [ip for ip in adapter.ips if isinstance(ip.ip, str)]
+        if v4:  # /sys once per interface, not once per address
+            name = adapter.nice_name
+            flags, state = _read_flags(name), _operstate(name)
+            out += [IfaceFacts(name, str(ip.ip), ip.network_prefix, flags, state) for ip in v4]
     return out
 
 

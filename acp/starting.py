@@ -105,9 +105,16 @@ def is_daemon_argv(cmdline: bytes) -> bool:
     return False
 
 
+def _passwd_home() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:  # no passwd entry (a container): no home to resolve against
+        return "/"
+
+
 def home_of(env: dict[str, str], cwd: str) -> str:
     """The ACP_HOME a process with this environment and working directory uses, resolved."""
-    user_home = env.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
+    user_home = env.get("HOME") or _passwd_home()
     home = env.get("ACP_HOME")
     if home:
         if home == "~" or home.startswith("~/"):

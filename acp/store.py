@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import attrs
+import trio
 
+from acp.config import DURABILITY
 from acp.errors import ConfigError
 from acp.model import decode_key, encode_key, is_agent_id
 
@@ -48,7 +50,6 @@ LEGACY_PEERS = "peers.json"  # before the database: read once, then renamed
 SCHEMA_VERSION = 1
 MAX_BATCH = 4096  # jobs in one transaction at most
 WAL_SIZE_LIMIT = 16 << 20  # bytes the WAL file keeps after a checkpoint
-DURABILITY = ("normal", "full")
 
 R = TypeVar("R")
 
@@ -306,7 +307,7 @@ class Database:
         self._token: Any = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
-        self.commits = 0  # transactions committed, for `acp status`
+        self.commits = 0  # transactions committed (how well jobs are grouped)
         self.jobs = 0
 
     # -- the trio side -----------------------------------------------------------------------
@@ -343,8 +344,6 @@ class Database:
         on the trio thread, after the commit, in submission order. Never blocks."""
         if self._closed:  # late jobs of a daemon that is stopping: refused, never run
             if done is not None:
-                import trio
-
                 exc = StoreError(f"{self.path}: the store is closed")
                 trio.lowlevel.current_trio_token().run_sync_soon(_deliver, [(done, exc)])
             return
@@ -353,16 +352,12 @@ class Database:
         self._queue.put(_Job(fn, done))
 
     def _start(self) -> None:
-        import trio
-
         self._token = trio.lowlevel.current_trio_token()
         self._thread = threading.Thread(target=self._run, name="acp-store", daemon=True)
         self._thread.start()
 
     async def call(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         """Run ``fn`` in the next transaction and return its result once committed."""
-        import trio
-
         box: list[Any] = []
         event = trio.Event()
 
@@ -379,8 +374,6 @@ class Database:
 
     async def close(self) -> None:
         """Finish every queued job, then stop the thread."""
-        import trio
-
         self._closed = True
         if self._thread is None:
             return

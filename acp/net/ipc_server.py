@@ -121,13 +121,13 @@ class IpcConn:
             await self.drained.wait()
 
 
-def _store_error(exc: BaseException, req: Any) -> dict[str, Any]:
-    return ipc.error_reply(
-        ipc.STORE_FAILED,
-        f"not stored durably: {exc} (a send may still go out while this daemon runs; "
-        "it would not survive a restart)",
-        req,
-    )
+SEND_NOT_STORED = (
+    " (a send may still go out while this daemon runs; it would not survive a restart)"
+)
+
+
+def _store_error(exc: BaseException, req: Any, note: str = "") -> dict[str, Any]:
+    return ipc.error_reply(ipc.STORE_FAILED, f"the database failed: {exc}{note}", req)
 
 
 LOCK_RETRY = 0.1  # seconds DaemonLock.acquire tries again before the lock is another daemon's
@@ -336,14 +336,13 @@ class IpcServer:
         ticket = Ticket(conn, env.id, env.to, wait)
         if wait == "response":
             node.response_waiters[env.id] = ticket
-        state_box: list[str] = []
 
-        def stored(result: object) -> None:
+        def stored(result: object) -> None:  # runs after route() returned: `state` is set
             if isinstance(result, BaseException):
                 node.response_waiters.pop(env.id, None)
-                conn.send(_store_error(result, r.req))
+                conn.send(_store_error(result, r.req, SEND_NOT_STORED))
             elif wait == "accepted":
-                conn.send(ipc.ok_reply(r.req, msg_id=env.id, to=env.to, state=state_box[0]))
+                conn.send(ipc.ok_reply(r.req, msg_id=env.id, to=env.to, state=state))
             else:
                 try:
                     nursery.start_soon(self._await_ticket, conn, r, ticket, timeout)
@@ -352,7 +351,7 @@ class IpcServer:
 
         timeout = float(r.args.get("timeout", ipc.DEFAULT_WAIT_TIMEOUT))
         try:
-            state_box.append(node.route(env, wire, ticket, stored))
+            state = node.route(env, wire, ticket, stored)
         except IpcError:
             node.response_waiters.pop(env.id, None)
             raise
@@ -456,7 +455,7 @@ class IpcServer:
 
         def reply(_: object) -> None:  # runs after every insert above committed
             if failed:
-                conn.send(_store_error(failed[0], r.req))
+                conn.send(_store_error(failed[0], r.req, SEND_NOT_STORED))
             else:
                 conn.send(ipc.ok_reply(r.req, msg_id=obj["id"], to=connected))
 

@@ -91,7 +91,6 @@ class Node:
         self._pruning = False
         self._prune_at = config.keep_read_count + max(100, config.keep_read_count // 10)
         self._stored_event = trio.Event()
-        self.holding: set[Peer] = set()  # peers whose outbox waits after an inbox_full
         # (sender, id) of inbound envelopes whose insert is in flight -> the sessions to ACK
         self._storing: dict[tuple[str, str], list[AckSink]] = {}
         # sessions that got inbox_full -> the id refused first (what they must offer again first)
@@ -110,7 +109,6 @@ class Node:
         self.warnings: list[str] = []  # shown by `acp status` (e.g. our agent_id claimed elsewhere)
         self.sessions_changed = trio.Event()
         self.card = config.agent
-        self.card_frame: bytes | None = config.agent.frame() if config.agent else None
         self.on_peer_added: Any = None  # set by the peer manager: starts a supervisor
         self.on_dial_failed: Any = None  # set by discovery: a failed dial asks mDNS again
 
@@ -135,7 +133,6 @@ class Node:
         peer.close_sessions(reason)
         if peer.scope is not None:
             peer.scope.cancel()
-        self.holding.discard(peer)
         for entry in peer.outbox.drain():
             self.undelivered(entry, agent_id, reason)
         return peer
@@ -270,13 +267,18 @@ class Node:
     def set_card(self, card: AgentCard | None) -> int:
         """Our agent card changed: send it to every connected peer; returns how many."""
         self.card = card
-        self.card_frame = card.frame() if card is not None else AgentCard().frame()
+        frame = (card or AgentCard()).frame()  # an empty card replaces one that was removed
         sent = 0
         for peer in self.peers.values():
             if peer.active is not None:
-                peer.active.send_card(self.card_frame)
+                peer.active.send_card(frame)
                 sent += 1
         return sent
+
+    @property
+    def card_frame(self) -> bytes | None:
+        """Our card as a CARD frame for a new session, or None without one."""
+        return self.card.frame() if self.card is not None else None
 
     # -- the durable store -------------------------------------------------------------------------
 
@@ -418,7 +420,6 @@ class Node:
             # Its inbox is full (for us): keep it, offer it again later (docs/protocol.md §7).
             self.stats.inc("acks_inbox_full")
             peer.outbox.retry_later(entry, trio.current_time() + INBOX_FULL_RETRY)
-            self.holding.add(peer)
         else:
             self.stats.inc("acks_refused")
             log.warning(
@@ -469,10 +470,8 @@ class Node:
         for peer in list(self.peers.values()):
             for entry in peer.outbox.expire(now):
                 self.undelivered(entry, peer.agent_id, "expired")
-        for peer in list(self.holding):
             hold = peer.outbox.hold_until
-            if hold is None or hold <= now:
-                self.holding.discard(peer)
+            if hold is not None and hold <= now:  # an inbox_full pause is over: offer again
                 peer.wake_writer()
 
     # -- receiving ---------------------------------------------------------------------------------

@@ -144,12 +144,20 @@ class Session:
 
     def send_ack(self, ack: Ack) -> None:
         """Queue an ACK decided after the fact (once the store committed); never raises."""
+        self._queue_later(frames.encode_ack(ack))
+
+    def send_card(self, frame: bytes) -> None:
+        """Queue our agent card for the peer (at session start, and when it changes)."""
+        self._queue_later(frame)
+
+    def _queue_later(self, plaintext: bytes) -> None:
+        """``queue_control`` for frames queued from outside the reader: never raises."""
         if self.end_reason:
-            return  # the session is over: the peer resends, and gets this ACK for the copy
+            return  # the session is over (an ACK: the peer resends, and gets it for the copy)
         if len(self.control) >= CONTROL_LIMIT:
             self.close("peer does not read", bye=f"{CONTROL_LIMIT} ACK/PONG frames owed")
             return
-        self.control.append(frames.encode_ack(ack))
+        self.control.append(plaintext)
         self.wake.set()
 
     def _still_known(self) -> bool:
@@ -319,12 +327,6 @@ class Session:
             log.info(
                 "peer %s: agent card received (%d skill(s))", self.peer.agent_id, len(card.skills)
             )
-
-    def send_card(self, frame: bytes) -> None:
-        """Queue our agent card for the peer (at session start, and when it changes)."""
-        if not self.end_reason and len(self.control) < CONTROL_LIMIT:
-            self.control.append(frame)
-            self.wake.set()
 
     def _on_envelope(self, body: bytes) -> None:
         node = self.node

@@ -154,10 +154,8 @@ class Outbox:
         if self._inflight:
             back = list(self._inflight.values())
             self._inflight.clear()
-            if self._resend:  # refused ones waiting to be offered again: merge, in send order
-                self._resend = deque(sorted([*back, *self._resend], key=lambda e: e.sent))
-            else:
-                self._resend.extendleft(reversed(back))  # insertion order: the order sent
+            # with any refused ones waiting to be offered again (retry_later): in send order
+            self._resend = deque(sorted([*back, *self._resend], key=lambda e: e.sent))
 
     def expire(self, now: float) -> list[OutboxEntry]:
         """Remove and return every entry whose TTL has passed."""
