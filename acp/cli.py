@@ -27,6 +27,7 @@ except ModuleNotFoundError as _missing:  # acp/ imported from a clone that was n
 from acp import __version__
 from acp.client import Client, delegate_envelope, notify_envelope, query_envelope
 from acp.errors import (
+    EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
@@ -849,6 +850,9 @@ def status(*, json: Json = False) -> int:
     stored = f", {st['stored']} stored" if st.get("stored") is not None else ""
     print(f"inbox        {st.get('unread', st.get('inbox'))} unread{stored}")
     print(f"outbox       {st['queued']} queued")
+    if hooks := st.get("hooks"):
+        states = ", ".join(f"{n} {state}" for state, n in hooks.items() if n)
+        print(f"hooks        {sum(hooks.values())} ({states}): see `acp hooks`")
     for warning in st.get("warnings", []):
         print(f"warning      {one_line(str(warning), 300)}")  # may quote what a peer announced
     return EXIT_OK
@@ -989,6 +993,87 @@ def card(*, reload: bool = False, json: Json = False) -> int:
     if reload:
         print(f"sent to {out.get('sent_to', 0)} connected peer(s)")
     return EXIT_OK
+
+
+hooks_app = App(name="hooks")
+app.command(hooks_app)
+
+
+def _hook_row(h: dict[str, Any]) -> list[str]:
+    error = h.get("last_error")
+    cell = one_line(str(error), 60) if error else "-"
+    if h.get("next_try_in") is not None and error:
+        cell += f" (next try in {h['next_try_in']:.0f} s)"
+    return [
+        one_line(str(h["name"])),
+        str(h["type"]),
+        str(h["state"]),
+        str(h["pending"]),
+        str(h["delivered"]),
+        str(h["given_up"]),
+        cell,
+    ]
+
+
+@hooks_app.default
+def hooks(*, json: Json = False) -> int:
+    """List the hooks that wake agents ([[hooks]] in config.toml): state, counts, last error.
+
+    STATE is ok, retrying (its endpoint failed: backing off) or failing (an envelope was given
+    up on). PENDING envelopes wait for a run (or a retry); DELIVERED ones were handed over (a 2xx answer,
+    exit status 0); GIVEN UP ones failed for good (a 4xx, or still failing after give_up_after)
+    and stay unread in the inbox. See docs/hooks.md.
+
+    Examples
+
+        acp hooks
+        acp hooks --json | jq '.hooks[] | select(.state != "ok")'
+        acp hooks test openclaw
+    """
+    with Client() as c:
+        out = c.request("hooks")
+    rows = out.get("hooks", [])
+    if json:
+        _print_json({"hooks": rows})
+        return EXIT_OK
+    if not rows:
+        print("no hooks: add [[hooks]] to config.toml (see docs/hooks.md), then restart the daemon")
+        return EXIT_OK
+    header = ["NAME", "TYPE", "STATE", "PENDING", "DELIVERED", "GIVEN UP", "LAST ERROR"]
+    print(_table([_hook_row(h) for h in rows], header))
+    return EXIT_OK
+
+
+@hooks_app.command(name="test")
+def hooks_test(name: str, /, *, json: Json = False) -> int:
+    """Send a synthetic envelope through one hook, once, and show what came back.
+
+    The envelope is a `notify` from this daemon with topic acp.hooks.test; nothing is stored or
+    retried. Exit status 0 if the hook succeeded, 1 if not: a health check for the agent's wake-up.
+
+    Examples
+
+        acp hooks test openclaw
+        acp hooks test claude --json
+    """
+    if sys.stderr.isatty() and not json:
+        print(f"testing hook {one_line(name, 64)}...", file=sys.stderr)
+    with Client() as c:
+        out = c.request("hooks_test", read_timeout=None, name=name)
+    result = {k: v for k, v in out.items() if k != "ok"}
+    if json:
+        _print_json(result)
+    else:
+        took = f"{result.get('elapsed_ms', 0):.0f} ms"
+        status = result.get("status")
+        what = "" if status is None else f"status {status}, "
+        if result.get("success"):
+            print(f"hook {one_line(name, 64)}: ok ({what}{took})")
+        else:
+            print(f"hook {one_line(name, 64)}: FAILED ({what}{took}): {one_line(str(result.get('error')), 300)}")
+        if result.get("detail"):
+            print(f"answer: {one_line(str(result['detail']), 300)}")
+    return EXIT_OK if result.get("success") else EXIT_FAILURE
 
 
 @app.command

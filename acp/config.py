@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from acp.errors import ConfigError
+from acp.hooks.spec import HookSpec, parse_hooks
 from acp.model import agent_id_from_hostname, check_agent_id, decode_key
 from acp.proto.card import AgentCard
 from acp.proto.delivery import OUTBOX_LIMIT, OUTBOX_TTL
@@ -108,6 +109,7 @@ class Config:
     outbox_ttl: float = OUTBOX_TTL
     stats_interval: float = 300.0
     agent: AgentCard | None = None  # [agent]: this daemon's card, sent to peers
+    hooks: tuple[HookSpec, ...] = ()  # [[hooks]]: whom to wake when an envelope is stored
 
     @property
     def socket_path(self) -> Path:
@@ -235,6 +237,7 @@ class Config:
             outbox_ttl=float(positive("outbox_ttl", OUTBOX_TTL, (int, float))),
             stats_interval=float(positive("stats_interval", 300.0, (int, float))),
             agent=AgentCard.from_toml(data["agent"], str(path)) if "agent" in data else None,
+            hooks=parse_hooks(data["hooks"], str(path)) if "hooks" in data else (),
         )
 
 

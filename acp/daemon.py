@@ -7,6 +7,7 @@ run_daemon            root nursery; SIGTERM/SIGINT -> cancel, with BYE to peers
 ├─ discovery.run      mDNS (the slot; off with --no-mdns / mdns = false)
 ├─ expiry             outbox TTL sweep and inbox_full retries, once a second
 ├─ housekeeping       peer rows written every 5 s, read inbox items pruned every minute
+├─ hooks.run          one task per [[hooks]] entry: wake agents (acp/hooks/, docs/hooks.md)
 └─ stats.run          the periodic stats line
 
 Beside the tree, the store's thread (acp/store.py) owns acp.db; it is opened before anything
@@ -93,6 +94,12 @@ async def run_daemon(
         manager = PeerManager(node)
         manager.load_known()
         node.restore(loaded)  # after the peer table: queued envelopes go to those peers
+        hooks = None
+        if config.hooks:
+            from acp.hooks.runner import Hooks
+
+            hooks = Hooks(node, config.hooks, os.environ)  # ConfigError: a secret is not set
+            await hooks.open()  # after restore: what each hook still owes is unread
         # Bind before the nursery: a ConfigError (port in use) must reach the CLI bare, not
         # wrapped in an ExceptionGroup that prints as a traceback.
         ipc_listener = await open_ipc_listener(config.socket_path)
@@ -110,6 +117,8 @@ async def run_daemon(
                     await nursery.start(discovery.run, node)
                 nursery.start_soon(_expiry, node)
                 nursery.start_soon(_housekeeping, node)
+                if hooks is not None:
+                    await nursery.start(hooks.run)
                 await nursery.start(stats.run, node.stats, config.stats_interval)
                 log.info(
                     "acp daemon %s listening on port %s, IPC %s, key %s",

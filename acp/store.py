@@ -9,7 +9,7 @@ back to the trio thread, in submission order, with ``TrioToken.run_sync_soon``. 
 that arrived while the last commit ran is what keeps throughput from falling to one commit per
 message; the order of the callbacks is what lets the daemon reason about "committed before".
 
-What is kept (schema version 1, ``PRAGMA user_version``):
+What is kept (schema version 2, ``PRAGMA user_version``):
 
 - ``peers``: one row per peer, the JSON of a ``PeerRecord`` (pinned key, last address, the handshake
   ``ts`` counters of docs/protocol.md §4). Imported once from the ``peers.json`` of earlier versions.
@@ -18,6 +18,9 @@ What is kept (schema version 1, ``PRAGMA user_version``):
   unread until a local client acks it (docs/protocol.md §8.1). Read rows are kept for a while and then
   pruned; they are also the dedupe memory that survives a restart (§6).
 - ``outbox``: envelopes accepted from local clients and not yet ACKed by their peer (§7).
+- ``hooks`` and ``hook_runs`` (version 2): per hook, the seq it started at and its counters, and
+  per unread item what that hook finished (handed over, given up on) or is retrying
+  (docs/hooks.md). Rows of read items go when read items are pruned.
 
 Durability: WAL with ``synchronous=NORMAL`` (default) survives a killed daemon, since a commit is in
 the WAL, in the OS's cache, before the call returns; ``durability = "full"`` (``synchronous=FULL``)
@@ -47,7 +50,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "acp.db"
 LEGACY_PEERS = "peers.json"  # before the database: read once, then renamed
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_BATCH = 4096  # jobs in one transaction at most
 WAL_SIZE_LIMIT = 16 << 20  # bytes the WAL file keeps after a checkpoint
 
@@ -77,6 +80,22 @@ CREATE TABLE outbox (
     deadline INTEGER NOT NULL,  -- unix ms
     wire BLOB NOT NULL
 );
+"""
+
+_SCHEMA_V2 = """
+CREATE TABLE hooks (
+    name TEXT PRIMARY KEY,
+    since INTEGER NOT NULL,     -- the hook fires for items above this seq (stored after it began)
+    counters TEXT NOT NULL      -- JSON: what `acp hooks` reports
+);
+CREATE TABLE hook_runs (
+    hook TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,        -- done | gave_up | retry
+    attempts INTEGER NOT NULL,
+    not_before INTEGER,         -- unix ms: a retry's earliest time
+    PRIMARY KEY (hook, seq)
+) WITHOUT ROWID;
 """
 
 
@@ -510,12 +529,13 @@ class Database:
                     f"{self.path}: written by a newer acp (schema {version}, this one knows "
                     f"{SCHEMA_VERSION}); upgrade acp, or move the file away"
                 )
-            if version < 1:
-                for statement in _SCHEMA_V1.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+            for step, schema in ((1, _SCHEMA_V1), (2, _SCHEMA_V2)):  # each step in this transaction
+                if version < step:
+                    for statement in schema.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+            if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            # later versions: `if version < 2: ...` here, each step in this transaction
             peers = PeerStore()
             imported = 0
             done = conn.execute("SELECT value FROM meta WHERE key='legacy_peers'").fetchone()
@@ -652,6 +672,10 @@ def prune_inbox(
             gone += conn.execute(
                 "DELETE FROM inbox WHERE read = 1 AND seq <= ?", (cut[0],)
             ).rowcount
+        # a hook's progress matters only while its item is unread
+        conn.execute(
+            "DELETE FROM hook_runs WHERE seq NOT IN (SELECT seq FROM inbox WHERE read = 0)"
+        )
         return gone
 
     return job
@@ -676,3 +700,66 @@ def delete_outbox(rows: list[int]) -> Callable[[sqlite3.Connection], None]:
 
 def nothing(conn: sqlite3.Connection) -> None:
     """A job that writes nothing: its callback runs after everything queued before it commits."""
+
+
+# -- hooks (docs/hooks.md) --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class HookRow:
+    """A hook's progress on one unread item."""
+
+    seq: int
+    state: str  # done | gave_up | retry
+    attempts: int
+    not_before: int | None  # unix ms
+
+
+@attrs.frozen
+class HookState:
+    since: int
+    counters: str  # JSON
+    rows: list[HookRow]
+
+
+def open_hooks(names: list[str], last_seq: int) -> Callable[[sqlite3.Connection], dict[str, HookState]]:
+    """Each configured hook's state; a new hook starts at ``last_seq``. Hooks no longer
+    configured are forgotten."""
+
+    def job(conn: sqlite3.Connection) -> dict[str, HookState]:
+        known = dict(conn.execute("SELECT name, since FROM hooks").fetchall())
+        for name in set(known) - set(names):
+            conn.execute("DELETE FROM hooks WHERE name = ?", (name,))
+            conn.execute("DELETE FROM hook_runs WHERE hook = ?", (name,))
+        out = {}
+        for name in names:
+            if name not in known:
+                conn.execute("INSERT INTO hooks VALUES (?, ?, '{}')", (name, last_seq))
+            since, counters = conn.execute(
+                "SELECT since, counters FROM hooks WHERE name = ?", (name,)
+            ).fetchone()
+            rows = [
+                HookRow(*r)
+                for r in conn.execute(
+                    "SELECT r.seq, r.state, r.attempts, r.not_before FROM hook_runs r "
+                    "JOIN inbox i ON i.seq = r.seq AND i.read = 0 WHERE r.hook = ? ORDER BY r.seq",
+                    (name,),
+                )
+            ]
+            out[name] = HookState(since, counters, rows)
+        return out
+
+    return job
+
+
+def hook_progress(
+    name: str, rows: list[HookRow], counters: str
+) -> Callable[[sqlite3.Connection], None]:
+    def job(conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO hook_runs VALUES (?, ?, ?, ?, ?)",
+            [(name, r.seq, r.state, r.attempts, r.not_before) for r in rows],
+        )
+        conn.execute("UPDATE hooks SET counters = ? WHERE name = ?", (counters, name))
+
+    return job

@@ -1,4 +1,5 @@
-"""The daemon never loads `acp mcp`'s SDK (74 MB, ~1 s to import) or its dependencies."""
+"""The daemon never loads `acp mcp`'s SDK (74 MB, ~1 s to import) or its dependencies, and loads
+httpx only when an HTTP hook runs (acp/hooks/transport.py imports it inside its functions)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ MCP_STACK = ("mcp", "anyio", "pydantic", "pydantic_core", "httpx", "starlette", 
 
 PROBE = """
 import json, sys, pkgutil, importlib
-import acp, acp.net, acp.proto
-for pkg in (acp, acp.net, acp.proto):
+import acp, acp.net, acp.proto, acp.hooks
+for pkg in (acp, acp.net, acp.proto, acp.hooks):
     for info in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
         if info.name != "acp.mcp_server":
             importlib.import_module(info.name)

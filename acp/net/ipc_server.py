@@ -32,6 +32,7 @@ from acp.net.node import Node, Ticket
 from acp.net.peer import Peer
 from acp.proto import envelope as envelope_mod
 from acp.proto import ipc
+from acp.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -553,6 +554,7 @@ class IpcServer:
             subscribers=node.local.subscribers(),
             warnings=list(node.warnings),
             counters=stats.snapshot(),
+            hooks=node.hooks.summary() if node.hooks is not None else {},
         )
 
     def cmd_card(
@@ -627,6 +629,29 @@ class IpcServer:
         return ipc.ok_reply(
             r.req, agent_id=agent_id, fingerprint=peer.fingerprint, pubkey=encode_key(key)
         )
+
+    def cmd_hooks(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
+        """Each hook with its state and counts (docs/hooks.md); no secrets."""
+        hooks = self.node.hooks
+        return ipc.ok_reply(r.req, hooks=hooks.report() if hooks is not None else [])
+
+    def cmd_hooks_test(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> None:
+        """Hand a synthetic envelope to one hook and reply with what came back."""
+        hooks = self.node.hooks
+        name = r.args["name"]
+        if hooks is None or name not in hooks.hooks:
+            known = ", ".join(hooks.hooks) if hooks is not None and hooks.hooks else "none"
+            raise IpcError(
+                ipc.UNKNOWN_HOOK,
+                f"no hook named {one_line(name, 64)!r} in config.toml (configured: {known})",
+            )
+
+        async def test() -> None:
+            result = await hooks.test(name)
+            conn.send(ipc.ok_reply(r.req, **result))
+
+        nursery.start_soon(test)
+        return None
 
     def cmd_forget(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
         node = self.node

@@ -35,6 +35,7 @@ from acp.store import Database, Loaded, PeerStore
 from acp.text import one_line
 
 if TYPE_CHECKING:
+    from acp.hooks.runner import Hooks
     from acp.net.ipc_server import IpcConn
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class Node:
         self.card = config.agent
         self.on_peer_added: Any = None  # set by the peer manager: starts a supervisor
         self.on_dial_failed: Any = None  # set by discovery: a failed dial asks mDNS again
+        self.hooks: Hooks | None = None  # told of items stored and read (docs/hooks.md)
 
     # -- the peer table ----------------------------------------------------------------------------
 
@@ -580,6 +582,8 @@ class Node:
                         conn.push_inbound(line, item.seq)  # type: ignore[attr-defined]
             self._stored_event.set()
             self._stored_event = trio.Event()
+            if self.hooks is not None and not item.read:
+                self.hooks.stored(item)
             then(True)
 
         self.db.submit(store.insert_inbox(row, item.received if item.read else None), done)
@@ -662,9 +666,17 @@ class Node:
         ids: list[str] | None,
         up_to: int | None,
         done: Callable[[int | BaseException], None],
+        *,
+        seqs: list[int] | None = None,
     ) -> None:
-        """Mark items read; ``done(how many changed)`` once that is stored."""
-        seqs = self.local.ack_ids(ids) if ids is not None else self.local.ack_up_to(up_to or 0)
+        """Mark items read (by msg_ids, up to a seq, or by seqs); ``done(how many changed)`` once
+        that is stored."""
+        if seqs is not None:
+            seqs = self.local.ack_seqs(seqs)
+        elif ids is not None:
+            seqs = self.local.ack_ids(ids)
+        else:
+            seqs = self.local.ack_up_to(up_to or 0)
         if not seqs:
             self.db.submit(store.nothing, lambda _: done(0))
             return
@@ -674,6 +686,8 @@ class Node:
         def stored(result: object) -> None:
             if isinstance(result, BaseException):
                 self.local.unmark(marked)  # not stored: unread here too, as on disk
+            elif self.hooks is not None:
+                self.hooks.read(seqs)  # read: no hook owes it a run any more
             done(result if isinstance(result, BaseException) else len(seqs))
 
         self.db.submit(store.mark_read(seqs, _now_ms()), stored)
@@ -700,3 +714,4 @@ def _item(r: store.InboxRow) -> Item:
 
 class AckSink(Protocol):
     def send_ack(self, ack: Ack) -> None: ...
+

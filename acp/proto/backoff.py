@@ -10,6 +10,20 @@ BACKOFF_CAP = 30.0
 BACKOFF_JITTER = 0.1  # each delay is scaled by a factor in [1 - j, 1 + j]
 
 
+def delay(
+    attempt: int,
+    *,
+    first: float = BACKOFF_FIRST,
+    cap: float = BACKOFF_CAP,
+    jitter: float = BACKOFF_JITTER,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """The delay before retry number ``attempt`` (1, 2, ...): first * 2^(attempt-1), capped,
+    scaled by a factor in [1 - jitter, 1 + jitter], never above the cap."""
+    base = min(cap, first * 2.0 ** min(max(attempt - 1, 0), 64))
+    return min(cap, base * (1.0 + jitter * (2.0 * rng() - 1.0)))
+
+
 class Backoff:
     """A pure object: ``next()`` returns the next delay; ``rng`` is injected for tests."""
 

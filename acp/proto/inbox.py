@@ -192,6 +192,14 @@ class LocalInbox:
                 break
         return out
 
+    def get(self, seq: int) -> Item | None:
+        """The unread item with this seq, if any."""
+        return self._unread.get(seq)
+
+    def ack_seqs(self, seqs: Iterable[int]) -> list[int]:
+        """Mark read those of these items that are unread; return their seqs."""
+        return self._mark([s for s in seqs if s in self._unread])
+
     def ack_ids(self, ids: Iterable[str]) -> list[int]:
         """Mark read every unread item with one of these msg_ids; return their seqs."""
         wanted = set(ids)

@@ -34,6 +34,7 @@ MAX_WAIT_TIMEOUT = 3600.0
 DEFAULT_INBOX_LIMIT = 100  # items one `inbox` reply holds by default (docs/protocol.md §8.1)
 MAX_INBOX_LIMIT = 1000
 STORE_FAILED = "store_failed"
+UNKNOWN_HOOK = "unknown_hook"
 
 
 def _is_str_list(v: object) -> bool:
@@ -93,6 +94,10 @@ _FIELDS: dict[str, dict[str, tuple[bool, Any, str]]] = {
     },
     "forget": {"agent_id": (True, is_agent_id, "an agent_id")},
     "card": {"reload": (False, lambda v: isinstance(v, bool), "true or false")},
+    "hooks": {},
+    "hooks_test": {
+        "name": (True, lambda v: isinstance(v, str) and 0 < len(v) <= 64, "a hook's name"),
+    },
 }
 COMMANDS = tuple(_FIELDS)
 

@@ -114,6 +114,9 @@ class Daemon:
         self.peers: list[tuple[str, str, str]] = []  # (agent_id, "host:port", pubkey)
         self.config_text: str | bytes | None = None  # written as is instead of the generated one
         self.settings: dict[str, Any] = {}  # more top-level config.toml keys, e.g. inbox_limit
+        # more [[name]] tables after the [[peers]] ones, e.g. ("hooks", {"name": "h", ...})
+        self.array_tables: list[tuple[str, dict[str, Any]]] = []
+        self.extra_args: list[str] = []  # more `acp daemon` arguments, e.g. --debug
         self.log_path = root / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.children: list[subprocess.Popen[str]] = []  # background CLI runs
@@ -159,6 +162,9 @@ class Daemon:
                     f'addr = "{addr}"',
                     f'pubkey = "{pubkey}"',
                 ]
+            for table, values in self.array_tables:
+                lines += ["", f"[[{table}]]"]
+                lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
             text = "\n".join(lines) + "\n"
         path.write_text(text)
 
@@ -173,6 +179,7 @@ class Daemon:
             str(self.port),
             "--agent-id",
             self.agent_id,
+            *self.extra_args,
         ]
 
     def start(self, *, wait: bool = True) -> None:

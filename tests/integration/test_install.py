@@ -233,7 +233,7 @@ def test_readme_install_line_with_sudo(tmp_path: Path) -> None:
         "apt-get update",
         "sudo apt-get install -y pipx",
         "apt-get install -y pipx",
-        "pipx install .[mcp]",
+        "pipx install .[mcp,hooks]",
         "pipx ensurepath",
     ]
 

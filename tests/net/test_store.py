@@ -176,16 +176,16 @@ async def test_open_creates_the_schema(path: Path) -> None:
         assert (loaded.unread, loaded.last_seq, loaded.stored, loaded.recent) == ([], 0, 0, [])
         assert (loaded.outbox, loaded.last_outbox_row, loaded.imported_peers) == ([], 0, 0)
         assert len(loaded.peers) == 0
-        assert SCHEMA_VERSION == 1
-        assert await call(db, lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == 1
+        assert SCHEMA_VERSION == 2
+        assert await call(db, lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == 2
         assert await call(db, lambda c: c.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
         assert mode(path) == 0o600
         wal = path.with_name(path.name + "-wal")
         assert wal.exists() and mode(wal) == 0o600  # the WAL holds envelopes too
-        assert peek(path, "PRAGMA user_version") == [(1,)]
+        assert peek(path, "PRAGMA user_version") == [(2,)]
         assert peek(path, "PRAGMA journal_mode") == [("wal",)]  # persistent in the file
         tables = {r[0] for r in peek(path, "SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"meta", "peers", "inbox", "outbox"} <= tables
+        assert {"meta", "peers", "inbox", "outbox", "hooks", "hook_runs"} <= tables
     finally:
         with trio.fail_after(WAIT):
             await db.close()
@@ -193,7 +193,7 @@ async def test_open_creates_the_schema(path: Path) -> None:
     db, _ = await opened(path)  # opening again makes it private again, and changes nothing
     try:
         assert mode(path) == 0o600
-        assert await call(db, lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == 1
+        assert await call(db, lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == 2
     finally:
         with trio.fail_after(WAIT):
             await db.close()
@@ -587,3 +587,52 @@ async def test_a_job_submitted_after_close_is_refused_not_run(path: Path) -> Non
         await trio.testing.wait_all_tasks_blocked()
     assert len(got) == 1 and isinstance(got[0], StoreError)
     assert db._thread is None
+
+
+# --- hooks (schema version 2) -----------------------------------------------------------------
+
+
+async def test_a_version_1_database_is_migrated_and_keeps_its_rows(path: Path) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in store._SCHEMA_V1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO inbox (seq, sender, msg_id, kind, received, trust, body, read) "
+        "VALUES (7, 'agent-b', 'm7', 'notify', 1000, 'tofu', X'7B7D', 0)"
+    )
+    conn.close()
+    db, loaded = await opened(path)
+    try:
+        assert [r.seq for r in loaded.unread] == [7] and loaded.last_seq == 7
+        assert peek(path, "PRAGMA user_version") == [(2,)]
+        states = await call(db, store.open_hooks(["wake"], loaded.last_seq))
+        assert states["wake"].since == 7 and states["wake"].rows == []
+    finally:
+        with trio.fail_after(WAIT):
+            await db.close()
+
+
+async def test_hook_progress_survives_and_goes_with_its_read_items(db: Database, path: Path) -> None:
+    for seq in (1, 2, 3):
+        db.submit(insert(row(seq)))
+    states = await call(db, store.open_hooks(["a", "b"], 0))
+    assert {n: (s.since, s.rows) for n, s in states.items()} == {"a": (0, []), "b": (0, [])}
+    done = store.HookRow(1, "done", 0, None)
+    retry = store.HookRow(2, "retry", 3, 123_000)
+    await call(db, store.hook_progress("a", [done, retry], '{"delivered": 1}'))
+    await call(db, store.hook_progress("a", [store.HookRow(2, "retry", 4, 456_000)], "{}"))
+    states = await call(db, store.open_hooks(["a", "b"], 3))
+    assert states["a"].rows == [done, store.HookRow(2, "retry", 4, 456_000)]
+    assert states["a"].since == 0 and states["a"].counters == "{}"
+    # read items take their hook rows with them (at the next prune); a hook no longer
+    # configured is forgotten, and one configured again starts afresh
+    await call(db, store.mark_read([1], 2_000_000))
+    await call(db, store.prune_inbox(now_ms=2_000_000, keep_ms=10**9, keep_count=10))
+    assert peek(path, "SELECT hook, seq FROM hook_runs") == [("a", 2)]
+    states = await call(db, store.open_hooks(["b"], 3))
+    assert peek(path, "SELECT name FROM hooks") == [("b",)]
+    assert peek(path, "SELECT count(*) FROM hook_runs") == [(0,)]
+    states = await call(db, store.open_hooks(["a", "b"], 3))
+    assert states["a"].since == 3 and states["b"].since == 0
