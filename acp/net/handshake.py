@@ -16,6 +16,7 @@ from acp.errors import FrameError, HandshakeError
 from acp.net.node import Node
 from acp.net.peer import Peer, Session, set_keepalive
 from acp.proto import handshake as hs
+from acp.proto.admission import Slot
 from acp.proto.framing import FrameDecoder, encode_frame
 from acp.proto.noise import Initiator, Responder
 
@@ -88,8 +89,12 @@ async def dial(node: Node, peer: Peer, host: str, port: int) -> Session:
     )
 
 
-async def answer(node: Node, stream: trio.abc.Stream) -> Session:
-    """Run the responder side on an accepted connection. Caller sets the deadline and closes."""
+async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) -> Session:
+    """Run the responder side on an accepted connection. Caller sets the deadline and closes.
+
+    ``slot``: its handshake slot, marked ``known`` (never evicted) once message 1 turns out to
+    come from the key pinned for its agent_id.
+    """
     set_keepalive(stream)
     decoder = FrameDecoder()
     try:
@@ -110,6 +115,8 @@ async def answer(node: Node, stream: trio.abc.Stream) -> Session:
     held = peer.pubkey if peer is not None and peer.pubkey is not None else None
     if held is None and rec is not None:
         held = rec.pubkey
+    if slot is not None and held is not None and key == held:
+        slot.known = True
     if peer is not None and peer.key_changed is not None and key == peer.key_changed:
         raise hs.Refused(
             hs.KEY_MISMATCH, f"{hello.agent_id!r} uses a changed key; run `acp trust` to accept it"

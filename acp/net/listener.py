@@ -14,15 +14,13 @@ import trio
 
 from acp.errors import ConfigError, HandshakeError, ProtocolError
 from acp.net import handshake
+from acp.net.lograte import held_note
 from acp.net.node import Node
 from acp.proto import handshake as hs
+from acp.proto.admission import source_of
 from acp.text import one_line
 
 log = logging.getLogger(__name__)
-
-MAX_PENDING_HANDSHAKES = 64  # connections in the handshake at once; more are closed at once
-MAX_PENDING_PER_HOST = 8  # ... from one address, so one host cannot take every slot
-
 
 async def open_listeners(hosts: tuple[str, ...], port: int) -> list[trio.SocketListener]:
     """Bind every host (default: all IPv4 and IPv6) on one port; port 0 picks one for all."""
@@ -53,62 +51,60 @@ async def serve(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    limiter = trio.CapacityLimiter(MAX_PENDING_HANDSHAKES)
-    await trio.serve_listeners(partial(_handle, node, limiter), listeners, task_status=task_status)  # type: ignore[arg-type]
+    await trio.serve_listeners(partial(_handle, node), listeners, task_status=task_status)  # type: ignore[arg-type]
 
 
-async def _handle(node: Node, limiter: trio.CapacityLimiter, stream: trio.SocketStream) -> None:
+def _note(node: Node, level: int, source: str, kind: str, msg: str, *args: object) -> None:
+    """Log what a remote side caused: one line per source and kind per minute (lograte.py)."""
+    emit, held = node.log_limiter.allow((source, kind))
+    if emit and log.isEnabledFor(level):
+        log.log(level, msg + held_note(held), *args)
+
+
+async def _handle(node: Node, stream: trio.SocketStream) -> None:
     """One accepted connection, for its whole life. Never raises."""
-    host = _peer(stream).rpartition(":")[0]
-    pending = node.handshakes_by_host
-    if pending.get(host, 0) >= MAX_PENDING_PER_HOST:
+    addr = _peer(stream)  # now: once the connection is reset, getpeername fails
+    source = source_of(addr.rpartition(":")[0].strip("[]"))
+    scope = trio.CancelScope()
+    slot = node.admission.admit(source, trio.current_time(), scope.cancel)
+    if slot is None:
         node.stats.inc("handshakes_refused.busy")
+        _note(node, logging.INFO, source, "busy", "connection from %s refused: too many "
+              "handshakes in progress from %s", addr, source)  # fmt: skip
         await stream.aclose()
         return
-    try:
-        limiter.acquire_nowait()
-    except trio.WouldBlock:
-        node.stats.inc("handshakes_refused.busy")
-        await stream.aclose()
-        return
-    pending[host] = pending.get(host, 0) + 1
     session = None
     try:
         try:
-            with trio.fail_after(hs.HANDSHAKE_TIMEOUT):
-                session = await handshake.answer(node, stream)
+            with scope, trio.fail_after(node.admission.deadline()):
+                session = await handshake.answer(node, stream, slot)
         finally:
-            limiter.release()
-            pending[host] -= 1
-            if not pending[host]:
-                del pending[host]
+            node.admission.release(slot)
+        if scope.cancelled_caught:
+            node.stats.inc("handshakes_refused.evicted")
+            _note(node, logging.INFO, source, "evicted", "connection from %s: no message 1 "
+                  "yet, closed to make room for a newer handshake", addr)  # fmt: skip
     except trio.TooSlowError:
         node.stats.inc("handshakes_refused.timeout")
-        log.info(
-            "incoming connection from %s: no handshake within %.0f s",
-            _peer(stream),
-            hs.HANDSHAKE_TIMEOUT,
-        )
+        _note(node, logging.INFO, source, "timeout", "incoming connection from %s: no "
+              "handshake in time", addr)  # fmt: skip
     except hs.Refused as exc:
         node.stats.inc(f"handshakes_refused.{exc.reason}")
-        log.warning("refused connection from %s: %s", _peer(stream), one_line(str(exc), 200))
+        _note(node, logging.WARNING, source, exc.reason, "refused connection from %s: %s",
+              addr, one_line(str(exc), 200))  # fmt: skip
     except handshake.EmptyConnection:
         node.stats.inc("handshakes_refused.empty")
-        log.debug("connection from %s closed before sending anything", _peer(stream))
+        log.debug("connection from %s closed before sending anything", addr)
     except (HandshakeError, ProtocolError) as exc:
         node.stats.inc("handshakes_refused.bad_handshake")
-        log.warning("refused connection from %s: %s", _peer(stream), one_line(str(exc), 200))
+        _note(node, logging.WARNING, source, "bad", "refused connection from %s: %s",
+              addr, one_line(str(exc), 200))  # fmt: skip
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         node.stats.inc("handshakes_refused.connection_lost")
-        log.info(
-            "incoming connection from %s lost during the handshake: %s",
-            _peer(stream),
-            one_line(str(exc), 200),
-        )
+        _note(node, logging.INFO, source, "lost", "incoming connection from %s lost during "
+              "the handshake: %s", addr, one_line(str(exc), 200))  # fmt: skip
     except Exception:
-        log.exception(
-            "incoming connection from %s: unexpected error in the handshake", _peer(stream)
-        )
+        log.exception("incoming connection from %s: unexpected error in the handshake", addr)
     if session is None:
         with trio.CancelScope(shield=True):
             await stream.aclose()
@@ -124,6 +120,7 @@ async def _handle(node: Node, limiter: trio.CapacityLimiter, stream: trio.Socket
 def _peer(stream: trio.SocketStream) -> str:
     try:
         addr = stream.socket.getpeername()
-        return f"{addr[0]}:{addr[1]}"
     except (OSError, AttributeError):
         return "?:?"
+    host = addr[0][7:] if addr[0].startswith("::ffff:") else addr[0]
+    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"

@@ -24,10 +24,12 @@ from acp.config import Config
 from acp.errors import IpcError
 from acp.identity import Identity
 from acp.model import Ack, Envelope, fingerprint
+from acp.net.lograte import LogLimiter
 from acp.net.peer import BACKOFF, KEY_CHANGED, REFUSED, Peer
 from acp.net.stats import Stats
 from acp.proto import handshake as hs
 from acp.proto import ipc
+from acp.proto.admission import Admission
 from acp.proto.card import AgentCard
 from acp.proto.delivery import SEEN_WINDOW, OutboxEntry, OutboxFull, SeenWindow
 from acp.proto.inbox import EVENT, PAGE, Item, LocalInbox
@@ -101,7 +103,8 @@ class Node:
         self.seen = SeenWindow()
         self.conns: set[IpcConn] = set()
         self.response_waiters: dict[str, Ticket] = {}
-        self.handshakes_by_host: dict[str, int] = {}  # incoming handshakes in progress, by address
+        self.admission = Admission()  # who may hold a handshake slot (acp/proto/admission.py)
+        self.log_limiter = LogLimiter(trio.current_time)  # lines a remote side can cause
         self.recent_inbound: OrderedDict[str, str] = OrderedDict()
         self.started_wall = time.time()
         self.started = trio.current_time()

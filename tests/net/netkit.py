@@ -153,8 +153,7 @@ class FakeNet:
 
     def listen(self, node: Node) -> None:
         """Accept connections to ``node``'s address with the daemon's accept path."""
-        limiter = trio.CapacityLimiter(listener.MAX_PENDING_HANDSHAKES)
-        self.handlers[ADDR[node.agent_id]] = partial(listener._handle, node, limiter)
+        self.handlers[ADDR[node.agent_id]] = partial(listener._handle, node)
 
     def serve(self, addr: Addr, handler: Handler) -> None:
         self.handlers[addr] = handler

@@ -122,7 +122,7 @@ async def test_reconnect_replaces_the_old_session_only_once_confirmed(
 
     # alpha (its key, its agent_id) connects again, e.g. after a restart: the handshake completes
     link = Link(("198.51.100.1", 41000), ADDR["beta"])
-    nursery.start_soon(listener._handle, beta, trio.CapacityLimiter(8), link.server)
+    nursery.start_soon(listener._handle, beta, link.server)
     again = RawPeer("alpha", link.client, alpha.identity.private_key)
     ts_sent = alpha.store.record("beta").ts_sent
     assert ts_sent is not None

@@ -10,6 +10,7 @@ import trio
 import trio.testing
 from netkit import ADDR, FakeNet, Link, MidRng, RawPeer, know, make_node, settle, stored_peer
 
+from acp.errors import HandshakeError
 from acp.net import handshake, listener
 from acp.net.node import Node
 from acp.net.peer import BACKOFF, CONNECTING
@@ -26,7 +27,7 @@ def new_link(agent_id: str = "beta") -> Link:
 
 async def run_handle(node: Node, link: Link) -> None:
     """The daemon's accept path for one connection, run to its end (it never raises)."""
-    await listener._handle(node, trio.CapacityLimiter(listener.MAX_PENDING_HANDSHAKES), link.server)
+    await listener._handle(node, link.server)
 
 
 async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
@@ -44,12 +45,11 @@ async def test_responder_without_message_1_gives_up_at_5s(
 ) -> None:
     beta = make_node(tmp_path, "beta")
     link = new_link()
-    limiter = trio.CapacityLimiter(1)
     t0 = trio.current_time()
-    await listener._handle(beta, limiter, link.server)
+    await listener._handle(beta, link.server)
     assert trio.current_time() - t0 == hs.HANDSHAKE_TIMEOUT == 5.0
     assert beta.stats["handshakes_refused.timeout"] == 1
-    assert limiter.borrowed_tokens == 0  # the pending-handshake slot is given back
+    assert len(beta.admission) == 0  # the pending-handshake slot is given back
     assert await link.client.receive_some() == b""  # closed, without a word
     assert beta.peers == {}
 
@@ -258,21 +258,53 @@ async def test_initiator_refuses_a_responder_with_another_agent_id(
 async def test_one_address_cannot_take_every_handshake_slot(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    from acp.net.listener import MAX_PENDING_PER_HOST
+    from acp.proto.admission import PER_SOURCE
 
     beta = make_node(tmp_path, "beta")
-    limiter = trio.CapacityLimiter(64)
-    links = [
-        Link(("198.51.100.9", 40000 + i), ADDR["beta"]) for i in range(MAX_PENDING_PER_HOST + 1)
-    ]
+    links = [Link(("198.51.100.9", 40000 + i), ADDR["beta"]) for i in range(PER_SOURCE + 1)]
     for link in links:  # silent clients: each holds a slot until the 5 s deadline
-        nursery.start_soon(listener._handle, beta, limiter, link.server)
+        nursery.start_soon(listener._handle, beta, link.server)
     await trio.testing.wait_all_tasks_blocked()
     assert beta.stats["handshakes_refused.busy"] == 1
-    assert beta.handshakes_by_host == {"198.51.100.9": MAX_PENDING_PER_HOST}
+    assert beta.admission.by_source == {"198.51.100.9": PER_SOURCE}
     other = Link(("198.51.100.10", 40000), ADDR["beta"])  # another host still gets in line
-    nursery.start_soon(listener._handle, beta, limiter, other.server)
+    nursery.start_soon(listener._handle, beta, other.server)
     await trio.testing.wait_all_tasks_blocked()
     assert beta.stats["handshakes_refused.busy"] == 1
     await trio.sleep(6)
-    assert beta.handshakes_by_host == {} and beta.stats["handshakes_refused.timeout"] == 9
+    assert beta.admission.by_source == {} and beta.stats["handshakes_refused.timeout"] == 9
+
+async def test_idle_connections_from_many_sources_do_not_lock_peers_out(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The lock-out of issue #9: 10 sources x 8 idle connections, refreshed before the deadline,
+    against 64 slots. Peers still get in: a pinned one and a stranger (tofu) alike."""
+    from acp.proto.admission import MAX_HALF_OPEN, PER_SOURCE
+
+    beta = make_node(tmp_path, "beta")
+    pinned = RawPeer("alpha", new_link().client)
+    beta.store.pin("alpha", pinned.public_key)
+
+    async def attacker(n: int) -> None:
+        while True:  # 8 connections from one address, replaced every 0.5 s
+            for i in range(PER_SOURCE):
+                link = Link((f"203.0.113.{n}", 50000 + i), ADDR["beta"])
+                nursery.start_soon(listener._handle, beta, link.server)
+            await trio.sleep(0.5)
+
+    for n in range(10):
+        nursery.start_soon(attacker, n)
+    await trio.sleep(3)
+    assert len(beta.admission) > MAX_HALF_OPEN // 2  # the attack holds most slots
+    got_in = 0
+    for attempt in range(40):
+        link = new_link()
+        agent = "alpha" if attempt % 2 == 0 else f"stranger{attempt}"
+        key = pinned.private_key if agent == "alpha" else None
+        nursery.start_soon(run_handle, beta, link)
+        with trio.move_on_after(2), contextlib.suppress(HandshakeError):
+            await RawPeer(agent, link.client, key).dial(beta, ts=10_000 + attempt)
+            got_in += 1
+        await trio.sleep(0.1)
+    assert got_in == 40
+    assert beta.stats["handshakes_refused.evicted"] > 0

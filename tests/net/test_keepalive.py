@@ -35,7 +35,7 @@ async def test_idle_session_pings_at_15s_and_the_pong_gives_rtt(
     link = Link(("198.51.100.1", 40000), ADDR["alpha"])
     beta = RawPeer("beta", link.client)
     peer = know(alpha, "beta", beta.public_key)
-    nursery.start_soon(listener._handle, alpha, trio.CapacityLimiter(1), link.server)
+    nursery.start_soon(listener._handle, alpha, link.server)
     t0 = trio.current_time()
     await beta.dial(alpha, ts=1)
     await beta.ping()  # confirms the session; alpha answers at once

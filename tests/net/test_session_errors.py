@@ -21,7 +21,7 @@ async def open_raw(nursery: trio.Nursery, node: Node, agent_id: str) -> RawPeer:
     link = Link(("198.51.100.1", 40000), ADDR[agent_id])
     raw = RawPeer(agent_id, link.client)
     know(node, agent_id, raw.public_key)
-    nursery.start_soon(listener._handle, node, trio.CapacityLimiter(8), link.server)
+    nursery.start_soon(listener._handle, node, link.server)
     await raw.dial(node, ts=1)
     await raw.ping()
     assert isinstance(await raw.recv(), frames.Pong)
