@@ -853,6 +853,8 @@ def status(*, json: Json = False) -> int:
     if hooks := st.get("hooks"):
         states = ", ".join(f"{n} {state}" for state, n in hooks.items() if n)
         print(f"hooks        {sum(hooks.values())} ({states}): see `acp hooks`")
+    if st.get("blocked"):
+        print(f"blocked      {', '.join(st['blocked'])}")
     for warning in st.get("warnings", []):
         print(f"warning      {one_line(str(warning), 300)}")  # may quote what a peer announced
     return EXIT_OK
@@ -956,6 +958,58 @@ def forget(agent: str, /, *, json: Json = False) -> int:
         _print_json(out)
     else:
         print(f"forgot {out['agent_id']}")
+    return EXIT_OK
+
+
+@app.command
+def block(agent: str, /, *, json: Json = False) -> int:
+    """Block AGENT: forget it and refuse it from now on, until `acp unblock`.
+
+    Unlike `acp forget`, which its next dial undoes under trust = "tofu", a blocked agent_id is
+    refused at the handshake, never pinned and never dialled, across restarts.
+
+    Examples
+
+        acp block mallory
+        acp status --json | jq .blocked
+
+    Parameters
+    ----------
+    agent
+        The agent_id to refuse.
+    """
+    _check_agent(agent, "AGENT")
+    with Client() as c:
+        out = c.request("block", agent_id=agent)
+    if json:
+        _print_json({k: v for k, v in out.items() if k != "ok"})
+    elif out.get("already"):
+        print(f"{out['agent_id']} was blocked already")
+    else:
+        print(f"blocked {out['agent_id']}: forgotten, and refused until `acp unblock {agent}`")
+    return EXIT_OK
+
+
+@app.command
+def unblock(agent: str, /, *, json: Json = False) -> int:
+    """Unblock AGENT: it may connect (and be pinned) again.
+
+    Examples
+
+        acp unblock mallory
+
+    Parameters
+    ----------
+    agent
+        An agent_id blocked with `acp block`.
+    """
+    _check_agent(agent, "AGENT")
+    with Client() as c:
+        out = c.request("unblock", agent_id=agent)
+    if json:
+        _print_json({k: v for k, v in out.items() if k != "ok"})
+    else:
+        print(f"unblocked {out['agent_id']}")
     return EXIT_OK
 
 

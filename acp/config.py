@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,8 @@ from acp.proto.inbox import INBOX_LIMIT
 DEFAULT_PORT = 7100
 KEEP_READ = 3600.0  # seconds read envelopes are kept (at least the 600 s dedupe window)
 KEEP_READ_COUNT = 20_000
+MAX_PINS = 1024  # keys pinned on first contact (tofu) kept at most; the oldest unproven go first
+MAX_SESSIONS = 256  # sessions with peers at once (a pinned peer's handshake is never refused)
 DURABILITY = ("normal", "full")
 CONFIG_NAME = "config.toml"
 SOCKET_NAME = "acp.sock"
@@ -42,6 +45,20 @@ def socket_path(home: Path) -> Path:
     return home / SOCKET_NAME
 
 
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+
+
+def _is_host(host: str) -> bool:
+    """An IP address, or a DNS name of letters, digits and hyphens (no spaces, no controls)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    return len(host) <= 253 and all(_LABEL.match(label) for label in labels)
+
+
 def split_hostport(addr: str, *, what: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` -> (host, port)."""
     host, sep, port_s = addr.rpartition(":")
@@ -55,6 +72,8 @@ def split_hostport(addr: str, *, what: str) -> tuple[str, int]:
             raise ConfigError(f"{what}: {host!r} is not an IPv6 address") from exc
     elif ":" in host:
         raise ConfigError(f"{what}: write IPv6 addresses as [addr]:port, not {addr!r}")
+    elif not _is_host(host):
+        raise ConfigError(f"{what}: {host!r} is not an IP address or a host name")
     try:
         port = int(port_s)
     except ValueError:
@@ -108,6 +127,8 @@ class Config:
     outbox_limit: int = OUTBOX_LIMIT
     outbox_ttl: float = OUTBOX_TTL
     stats_interval: float = 300.0
+    max_pins: int = MAX_PINS
+    max_sessions: int = MAX_SESSIONS
     agent: AgentCard | None = None  # [agent]: this daemon's card, sent to peers
     hooks: tuple[HookSpec, ...] = ()  # [[hooks]]: whom to wake when an envelope is stored
 
@@ -236,6 +257,8 @@ class Config:
             outbox_limit=positive("outbox_limit", OUTBOX_LIMIT),
             outbox_ttl=float(positive("outbox_ttl", OUTBOX_TTL, (int, float))),
             stats_interval=float(positive("stats_interval", 300.0, (int, float))),
+            max_pins=positive("max_pins", MAX_PINS),
+            max_sessions=positive("max_sessions", MAX_SESSIONS),
             agent=AgentCard.from_toml(data["agent"], str(path)) if "agent" in data else None,
             hooks=parse_hooks(data["hooks"], str(path)) if "hooks" in data else (),
         )

@@ -54,6 +54,20 @@ def sd_notify(state: str) -> None:
         pass
 
 
+def raise_open_files_limit() -> None:
+    """One descriptor per peer session and client: lift the soft limit (often 1024) to the hard
+    one, as far as 65536, so that a crowd of peers is refused by max_sessions, not by EMFILE."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d: %s", soft, exc)
+
+
 async def _expiry(node: Node) -> None:
     async for _ in trio_util.periodic(EXPIRY_INTERVAL):
         node.expire()
@@ -81,6 +95,7 @@ async def run_daemon(
 ) -> None:
     """Run until SIGINT/SIGTERM (or cancellation); raise AcpError if it cannot start."""
     ensure_home(config.home)
+    raise_open_files_limit()
     lock = DaemonLock(config.home)
     lock.acquire()
     ipc_listener = None

@@ -9,7 +9,7 @@ back to the trio thread, in submission order, with ``TrioToken.run_sync_soon``. 
 that arrived while the last commit ran is what keeps throughput from falling to one commit per
 message; the order of the callbacks is what lets the daemon reason about "committed before".
 
-What is kept (schema version 2, ``PRAGMA user_version``):
+What is kept (schema version 3, ``PRAGMA user_version``):
 
 - ``peers``: one row per peer, the JSON of a ``PeerRecord`` (pinned key, last address, the handshake
   ``ts`` counters of docs/protocol.md §4). Imported once from the ``peers.json`` of earlier versions.
@@ -21,6 +21,8 @@ What is kept (schema version 2, ``PRAGMA user_version``):
 - ``hooks`` and ``hook_runs`` (version 2): per hook, the seq it started at and its counters, and
   per unread item what that hook finished (handed over, given up on) or is retrying
   (docs/hooks.md). Rows of read items go when read items are pruned.
+- ``key_floors`` and ``blocked`` (version 3): the last accepted handshake ``ts`` of keys that are
+  no longer pinned (so a recorded message 1 stays a replay after `acp forget`), and `acp block`.
 
 Durability: WAL with ``synchronous=NORMAL`` (default) survives a killed daemon, since a commit is in
 the WAL, in the OS's cache, before the call returns; ``durability = "full"`` (``synchronous=FULL``)
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "acp.db"
 LEGACY_PEERS = "peers.json"  # before the database: read once, then renamed
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_BATCH = 4096  # jobs in one transaction at most
 WAL_SIZE_LIMIT = 16 << 20  # bytes the WAL file keeps after a checkpoint
 
@@ -98,6 +100,11 @@ CREATE TABLE hook_runs (
 ) WITHOUT ROWID;
 """
 
+_SCHEMA_V3 = """
+CREATE TABLE key_floors (pubkey BLOB PRIMARY KEY, ts INTEGER NOT NULL);
+CREATE TABLE blocked (agent_id TEXT PRIMARY KEY, since INTEGER NOT NULL);
+"""
+
 
 # -- peers ------------------------------------------------------------------------------------------
 
@@ -117,6 +124,7 @@ class PeerRecord:
     ts_sent: int | None = None
     ts_accepted: int | None = None
     source: str | None = None
+    proven: bool | None = None  # a session with it lasted (or it delivered): pruned last
 
     def to_json(self) -> dict[str, Any]:
         out = attrs.asdict(self)
@@ -145,7 +153,12 @@ class PeerRecord:
             ts_sent=opt("ts_sent", int),
             ts_accepted=opt("ts_accepted", int),
             source=opt("source", str),
+            proven=opt("proven", bool),
         )
+
+
+USER_SOURCES = ("static", "manual", "verified")  # pins the user made: never pruned
+MAX_FLOORS = 4096  # replay floors of keys no longer pinned
 
 
 class PeerStore:
@@ -158,10 +171,16 @@ class PeerStore:
     def __init__(self) -> None:
         self._peers: dict[str, PeerRecord] = {}
         self._changed: set[str] = set()
+        # the last accepted handshake ts of keys no longer pinned (forgotten, replaced, pruned):
+        # a recorded message 1 of such a key stays a replay (docs/protocol.md §4)
+        self.floors: dict[bytes, int] = {}
+        self.blocked: dict[str, int] = {}  # agent_id -> since (unix ms): `acp block`
+        self._floors_changed: set[bytes] = set()
+        self._blocked_changed: set[str] = set()
 
     @property
     def dirty(self) -> bool:
-        return bool(self._changed)
+        return bool(self._changed or self._floors_changed or self._blocked_changed)
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._peers))
@@ -184,9 +203,44 @@ class PeerStore:
     def pin(self, agent_id: str, pubkey: bytes) -> None:
         rec = self.record(agent_id)
         if rec.pubkey != pubkey:
+            self._keep_floor(rec)
             rec.pubkey = pubkey
-            rec.ts_accepted = None  # the replay counter belongs to the key
+            rec.ts_accepted = self.floors.get(pubkey)  # the replay counter belongs to the key
             self._changed.add(agent_id)
+
+    def floor(self, pubkey: bytes) -> int | None:
+        """The last handshake ts accepted from a key that is not pinned now."""
+        return self.floors.get(pubkey)
+
+    def _keep_floor(self, rec: PeerRecord) -> None:
+        if rec.pubkey is None or rec.ts_accepted is None:
+            return
+        if rec.ts_accepted > self.floors.get(rec.pubkey, -1):
+            self.floors[rec.pubkey] = rec.ts_accepted
+            self._floors_changed.add(rec.pubkey)
+        while len(self.floors) > MAX_FLOORS:  # the oldest go: a recording that old is stale too
+            oldest = min(self.floors, key=self.floors.__getitem__)
+            del self.floors[oldest]
+            self._floors_changed.add(oldest)
+
+    def block(self, agent_id: str, now_ms: int) -> None:
+        if agent_id not in self.blocked:
+            self.blocked[agent_id] = now_ms
+            self._blocked_changed.add(agent_id)
+
+    def unblock(self, agent_id: str) -> bool:
+        if self.blocked.pop(agent_id, None) is None:
+            return False
+        self._blocked_changed.add(agent_id)
+        return True
+
+    def table_changes(self) -> tuple[dict[bytes, int | None], dict[str, int | None]]:
+        """Floors and blocks changed since the last call (None: deleted)."""
+        floors = {k: self.floors.get(k) for k in self._floors_changed}
+        blocked = {a: self.blocked.get(a) for a in self._blocked_changed}
+        self._floors_changed.clear()
+        self._blocked_changed.clear()
+        return floors, blocked
 
     def update(self, agent_id: str, **fields: Any) -> None:
         rec = self.record(agent_id)
@@ -195,11 +249,33 @@ class PeerStore:
                 setattr(rec, key, value)
                 self._changed.add(agent_id)
 
+    def tofu_victim(self, keep: Callable[[str], bool]) -> tuple[str | None, int]:
+        """(a tofu pin to drop to make room for a new one, how many tofu pins there are).
+
+        Pins the user made (``[[peers]]``, `acp trust`, verified) are never candidates, nor those
+        ``keep`` protects (connected, or with envelopes queued). Pins that never had a lasting
+        session go first, oldest first; then the longest unseen.
+        """
+        best: tuple[bool, int, str] | None = None
+        count = 0
+        for agent_id, rec in self._peers.items():
+            if rec.pubkey is None or rec.source in USER_SOURCES:
+                continue
+            count += 1
+            if keep(agent_id):
+                continue
+            rank = (bool(rec.proven), rec.last_seen or 0, agent_id)
+            if best is None or rank < best:
+                best = rank
+        return (best[2] if best is not None else None), count
+
     def forget(self, agent_id: str) -> bool:
-        if self._peers.pop(agent_id, None) is not None:
-            self._changed.add(agent_id)
-            return True
-        return False
+        rec = self._peers.pop(agent_id, None)
+        if rec is None:
+            return False
+        self._keep_floor(rec)
+        self._changed.add(agent_id)
+        return True
 
     def changes(self) -> dict[str, str | None]:
         """Rows changed since the last call: agent_id -> record JSON, or None if forgotten."""
@@ -529,7 +605,8 @@ class Database:
                     f"{self.path}: written by a newer acp (schema {version}, this one knows "
                     f"{SCHEMA_VERSION}); upgrade acp, or move the file away"
                 )
-            for step, schema in ((1, _SCHEMA_V1), (2, _SCHEMA_V2)):  # each step in this transaction
+            steps = ((1, _SCHEMA_V1), (2, _SCHEMA_V2), (3, _SCHEMA_V3))
+            for step, schema in steps:  # each step in this transaction
                 if version < step:
                     for statement in schema.split(";"):
                         if statement.strip():
@@ -550,6 +627,8 @@ class Database:
             peers.load_rows(
                 conn.execute("SELECT agent_id, record FROM peers").fetchall(), str(self.path)
             )
+            peers.floors = {bytes(k): ts for k, ts in conn.execute("SELECT * FROM key_floors")}
+            peers.blocked = dict(conn.execute("SELECT agent_id, since FROM blocked").fetchall())
             unread = [
                 _inbox_row(r)
                 for r in conn.execute(
@@ -591,13 +670,29 @@ def _deliver(calls: list[tuple[Callable[[Any], None], Any]]) -> None:
 # -- the statements the daemon uses (each runs in the store thread) --------------------------------
 
 
-def save_peers(changes: dict[str, str | None]) -> Callable[[sqlite3.Connection], None]:
+def save_peers(
+    changes: dict[str, str | None],
+    tables: tuple[dict[bytes, int | None], dict[str, int | None]] = ({}, {}),
+) -> Callable[[sqlite3.Connection], None]:
+    """Write changed peer rows, and the floors and blocks of ``PeerStore.table_changes``."""
+    floors, blocked = tables
+
     def job(conn: sqlite3.Connection) -> None:
         for agent_id, record in changes.items():
             if record is None:
                 conn.execute("DELETE FROM peers WHERE agent_id = ?", (agent_id,))
             else:
                 conn.execute("INSERT OR REPLACE INTO peers VALUES (?, ?)", (agent_id, record))
+        for key, ts in floors.items():
+            if ts is None:
+                conn.execute("DELETE FROM key_floors WHERE pubkey = ?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO key_floors VALUES (?, ?)", (key, ts))
+        for agent_id, since in blocked.items():
+            if since is None:
+                conn.execute("DELETE FROM blocked WHERE agent_id = ?", (agent_id,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO blocked VALUES (?, ?)", (agent_id, since))
 
     return job
 

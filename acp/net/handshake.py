@@ -110,6 +110,8 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
     key = noise.remote_static
     if hello.agent_id == node.agent_id:
         raise hs.Refused(hs.WRONG_PEER, f"a peer claims our own agent_id {node.agent_id!r}")
+    if hello.agent_id in node.store.blocked:
+        raise hs.Refused(hs.BLOCKED, f"{hello.agent_id!r} is blocked (`acp unblock` to undo)")
     peer = node.peer(hello.agent_id)
     rec = node.store.get(hello.agent_id)
     held = peer.pubkey if peer is not None and peer.pubkey is not None else None
@@ -125,11 +127,19 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
         hello,
         key,
         held_key=held,
-        last_accepted_ts=rec.ts_accepted if rec is not None and rec.pubkey == key else None,
+        last_accepted_ts=(
+            rec.ts_accepted if rec is not None and rec.pubkey == key else node.store.floor(key)
+        ),
         trust=node.config.trust,
     )
     host = _remote_host(stream)
+    known = held is not None and key == held
+    if not known and node.sessions_up() >= node.config.max_sessions:
+        raise hs.Refused(
+            hs.TOO_MANY, f"{node.config.max_sessions} sessions up (max_sessions): no room for a new peer"
+        )
     if pin:
+        _make_room_for_a_pin(node, hello.agent_id)
         node.store.pin(hello.agent_id, key)
         log.info("peer %s: pinned its key on first contact (trust = tofu)", hello.agent_id)
     elif rec is None or rec.pubkey is None:
@@ -159,6 +169,23 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
         initiator_id=hello.agent_id,
         outbound=False,
     )
+
+
+def _make_room_for_a_pin(node: Node, agent_id: str) -> None:
+    """Keep tofu pins under ``max_pins``: drop the least valuable one, or refuse this one."""
+
+    def keep(other: str) -> bool:
+        peer = node.peer(other)
+        return other == agent_id or (peer is not None and (peer.connected or len(peer.outbox) > 0))
+
+    victim, count = node.store.tofu_victim(keep)
+    if count < node.config.max_pins:
+        return
+    if victim is None:
+        raise hs.Refused(
+            hs.TOO_MANY, f"{count} keys pinned (max_pins) and none can make room for {agent_id!r}"
+        )
+    node.unpin(victim, "pruned: max_pins reached")
 
 
 def _remote_host(stream: trio.abc.Stream) -> str | None:

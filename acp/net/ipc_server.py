@@ -32,6 +32,7 @@ from acp.net.node import Node, Ticket
 from acp.net.peer import Peer
 from acp.proto import envelope as envelope_mod
 from acp.proto import ipc
+from acp.proto.noise import usable_public_key
 from acp.text import one_line
 
 log = logging.getLogger(__name__)
@@ -555,6 +556,7 @@ class IpcServer:
             warnings=list(node.warnings),
             counters=stats.snapshot(),
             hooks=node.hooks.summary() if node.hooks is not None else {},
+            blocked=sorted(node.store.blocked),
         )
 
     def cmd_card(
@@ -602,6 +604,10 @@ class IpcServer:
         if agent_id == node.agent_id:
             raise IpcError(ipc.BAD_REQUEST, "that is this daemon's own agent_id")
         key = decode_key(r.args["pubkey"], what="pubkey")
+        if not usable_public_key(key):
+            raise IpcError(
+                ipc.BAD_REQUEST, "pubkey: not a usable X25519 public key (a low-order point)"
+            )
         host = port = None
         if r.args.get("addr"):
             host, port = split_hostport(r.args["addr"], what="addr")
@@ -652,6 +658,22 @@ class IpcServer:
 
         nursery.start_soon(test)
         return None
+
+    def cmd_block(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
+        agent_id = r.args["agent_id"]
+        if agent_id == self.node.agent_id:
+            raise IpcError(ipc.BAD_REQUEST, "that is this daemon's own agent_id")
+        newly = self.node.block(agent_id)
+        return ipc.ok_reply(r.req, agent_id=agent_id, blocked=True, already=not newly)
+
+    def cmd_unblock(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
+        node = self.node
+        agent_id = r.args["agent_id"]
+        if not node.store.unblock(agent_id):
+            raise IpcError("not_blocked", f"{agent_id!r} is not blocked")
+        node.save_peers()
+        log.info("peer %s: unblocked by the user", agent_id)
+        return ipc.ok_reply(r.req, agent_id=agent_id, blocked=False)
 
     def cmd_forget(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
         node = self.node

@@ -112,6 +112,7 @@ async def _handle(node: Node, stream: trio.SocketStream) -> None:
     node.stats.inc("sessions_inbound")
     try:
         reason = await session.run()
+        node.session_over(session)
         log.debug("peer %s: inbound session over: %s", session.peer.agent_id, reason)
     except Exception:
         log.exception("peer %s: unexpected error in its session", session.peer.agent_id)

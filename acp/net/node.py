@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 RECENT_INBOUND = 10_000  # inbound envelope ids remembered for `acp reply`
 REDIAL_GAP = 5.0  # seconds between redials that fresh mDNS answers may cause for one peer
+GOOD_SESSION = 5.0  # seconds a session must live to count (backoff reset, a proven pin)
 
 
 @attrs.define(eq=False)
@@ -142,6 +143,38 @@ class Node:
             self.undelivered(entry, agent_id, reason)
         return peer
 
+    def session_over(self, session: Any) -> bool:
+        """A session ended; True if it lasted (``GOOD_SESSION``). A lasting session proves a pin
+        worth keeping: the pin cap drops unproven ones first."""
+        lasted: bool = trio.current_time() - session.started >= GOOD_SESSION
+        agent_id = session.peer.agent_id
+        rec = self.store.get(agent_id)
+        if lasted and rec is not None and rec.pubkey is not None:
+            self.store.update(agent_id, proven=True, last_seen=_now_ms())
+        return lasted
+
+    def sessions_up(self) -> int:
+        return sum(1 for p in self.peers.values() if p.connected)
+
+    def block(self, agent_id: str) -> bool:
+        """`acp block`: drop the peer and its pin, and refuse it from now on (also after a
+        restart, and under tofu). False if it was blocked already."""
+        if agent_id in self.store.blocked:
+            return False
+        self.store.block(agent_id, _now_ms())
+        self.unpin(agent_id, "blocked")
+        log.info("peer %s: blocked by the user", agent_id)
+        return True
+
+    def unpin(self, agent_id: str, reason: str) -> None:
+        """Drop a peer's pin and its entry (``forget``, ``block``, the pin cap); the key's last
+        handshake ``ts`` stays behind, so a recorded message 1 cannot be replayed later."""
+        self.remove_peer(agent_id, reason)
+        if self.store.forget(agent_id):
+            self.stats.inc("pins_dropped")
+            log.info("peer %s: pin dropped (%s)", agent_id, reason)
+        self.save_peers()
+
     def _sessions_changed(self) -> None:
         # Replace the Event only once it is set: swapping an unset one orphans its waiter.
         self.sessions_changed.set()
@@ -166,6 +199,8 @@ class Node:
         """
         if agent_id == self.agent_id:
             return  # our own record, or another daemon claiming our id (discovery warns)
+        if agent_id in self.store.blocked:
+            return  # `acp block`: neither dialled nor pinned
         now = trio.current_time()
         rec = self.store.get(agent_id)
         pinned = rec.pubkey if rec is not None else None
@@ -322,11 +357,12 @@ class Node:
     def save_peers(self) -> None:
         """Write the peer rows changed since the last call (in the background)."""
         if self.store.dirty:
-            self.db.submit(store.save_peers(self.store.changes()), self._store_failed)
+            changes = store.save_peers(self.store.changes(), self.store.table_changes())
+            self.db.submit(changes, self._store_failed)
 
     async def persist_peers(self) -> None:
         """Write the changed peer rows and wait for the commit (handshake ``ts``, §4)."""
-        await self.db.call(store.save_peers(self.store.changes()))
+        await self.db.call(store.save_peers(self.store.changes(), self.store.table_changes()))
 
     def _store_failed(self, result: object) -> None:
         if isinstance(result, BaseException):
@@ -386,6 +422,8 @@ class Node:
         when ``send`` may reply (docs/protocol.md §7).
         """
         peer = self._known_peer(env.to)
+        if peer is None and env.to in self.store.blocked:
+            raise IpcError(BLOCKED, f"{env.to!r} is blocked here: `acp unblock {env.to}` first")
         if peer is None:
             raise IpcError(
                 ipc.UNKNOWN_PEER,
@@ -696,9 +734,11 @@ class Node:
         self.db.submit(store.mark_read(seqs, _now_ms()), stored)
 
 
+BLOCKED = "blocked"
+
 # undelivered reasons with a counter of their own: ours, and the ACK error codes of docs/protocol.md §6
 KNOWN_REASONS = frozenset(
-    {"expired", "forgotten", "stale", "gone", "refused", "from_mismatch", "to_mismatch"}
+    {"expired", "forgotten", "stale", "gone", "refused", "from_mismatch", "to_mismatch", "blocked"}
     | {"unknown_kind", "invalid_payload", "invalid_envelope", "too_large", "not_trusted"}
 )
 # after an inbox_full, a session's later envelopes are refused until the refused one comes back,

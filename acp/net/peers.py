@@ -14,18 +14,18 @@ import time
 
 import trio
 
-from acp.errors import HandshakeError, ProtocolError
+from acp.errors import ConfigError, HandshakeError, ProtocolError
 from acp.net import handshake
 from acp.net.node import Node
 from acp.net.peer import BACKOFF, CONNECTING, DISCOVERED, IDLE, KEY_CHANGED, REFUSED, WAITING, Peer
 from acp.proto import handshake as hs
 from acp.proto.backoff import Backoff
+from acp.proto.noise import usable_public_key
 from acp.text import one_line
 
 log = logging.getLogger(__name__)
 
 HIGHER_SIDE_WAIT = 10.0
-GOOD_SESSION = 5.0  # seconds a session must live for the backoff to start again at 1 s
 
 
 class PeerManager:
@@ -40,6 +40,19 @@ class PeerManager:
         """Static [[peers]] and the peers.json cache, before anything is dialled."""
         node = self.node
         for sp in node.config.peers:
+            if sp.agent_id in node.store.blocked:
+                log.warning(
+                    "peer %s: in config.toml [[peers]] but blocked (`acp block`): not dialled "
+                    "until `acp unblock %s`",
+                    sp.agent_id,
+                    sp.agent_id,
+                )
+                continue
+            if not usable_public_key(sp.pubkey):
+                raise ConfigError(
+                    f"{node.config.config_path}: [[peers]] {sp.agent_id}: pubkey is not a usable "
+                    "X25519 public key (a low-order point)"
+                )
             node.store.pin(sp.agent_id, sp.pubkey)  # config is the user's word: it re-pins
             node.store.update(sp.agent_id, source="static")
             node.add_peer(
@@ -177,4 +190,4 @@ class PeerManager:
             peer.set_state(DISCOVERED)
         log.debug("peer %s: outbound session over: %s", peer.agent_id, reason)
         # A session that dies at once (a peer that accepts and drops us) must not reset the backoff.
-        return trio.current_time() - session.started >= GOOD_SESSION
+        return node.session_over(session)

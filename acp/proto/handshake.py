@@ -25,6 +25,8 @@ NOT_TRUSTED = "not_trusted"
 REPLAY = "replay"
 BAD_PAYLOAD = "bad_payload"
 WRONG_PEER = "wrong_peer"
+BLOCKED = "blocked"  # `acp block`
+TOO_MANY = "too_many_peers"  # the pin or session cap is reached and nothing can make room
 
 
 class Refused(HandshakeError):

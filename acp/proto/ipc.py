@@ -93,6 +93,8 @@ _FIELDS: dict[str, dict[str, tuple[bool, Any, str]]] = {
         "addr": (False, lambda v: isinstance(v, str), "host:port"),
     },
     "forget": {"agent_id": (True, is_agent_id, "an agent_id")},
+    "block": {"agent_id": (True, is_agent_id, "an agent_id")},
+    "unblock": {"agent_id": (True, is_agent_id, "an agent_id")},
     "card": {"reload": (False, lambda v: isinstance(v, bool), "true or false")},
     "hooks": {},
     "hooks_test": {

@@ -54,6 +54,16 @@ def _dh(private_key: bytes, public: bytes) -> bytes:
         raise HandshakeError("peer sent an invalid X25519 public key") from exc
 
 
+def usable_public_key(public: bytes) -> bool:
+    """False for a key no handshake can use: a low-order point (all zeros and a few others), for
+    which every Diffie-Hellman gives zero. `acp trust` and [[peers]] refuse such keys at once."""
+    try:
+        _dh(b"\x01" * 31 + b"\x40", public)
+    except HandshakeError:
+        return False
+    return True
+
+
 def _hkdf(chaining_key: bytes, ikm: bytes, outputs: int) -> tuple[bytes, ...]:
     """HKDF() of spec §4.3: HMAC-SHA256 based, 2 or 3 outputs."""
     # temp_key = HMAC-HASH(chaining_key, input_key_material)

@@ -176,13 +176,13 @@ async def test_open_creates_the_schema(path: Path) -> None:
         assert (loaded.unread, loaded.last_seq, loaded.stored, loaded.recent) == ([], 0, 0, [])
         assert (loaded.outbox, loaded.last_outbox_row, loaded.imported_peers) == ([], 0, 0)
         assert len(loaded.peers) == 0
-        assert SCHEMA_VERSION == 2
-        assert await call(db, lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == 2
+        assert SCHEMA_VERSION == 3
+        assert await call(db, lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == 3
         assert await call(db, lambda c: c.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
         assert mode(path) == 0o600
         wal = path.with_name(path.name + "-wal")
         assert wal.exists() and mode(wal) == 0o600  # the WAL holds envelopes too
-        assert peek(path, "PRAGMA user_version") == [(2,)]
+        assert peek(path, "PRAGMA user_version") == [(3,)]
         assert peek(path, "PRAGMA journal_mode") == [("wal",)]  # persistent in the file
         tables = {r[0] for r in peek(path, "SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"meta", "peers", "inbox", "outbox", "hooks", "hook_runs"} <= tables
@@ -193,7 +193,7 @@ async def test_open_creates_the_schema(path: Path) -> None:
     db, _ = await opened(path)  # opening again makes it private again, and changes nothing
     try:
         assert mode(path) == 0o600
-        assert await call(db, lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == 2
+        assert await call(db, lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == 3
     finally:
         with trio.fail_after(WAIT):
             await db.close()
@@ -606,7 +606,7 @@ async def test_a_version_1_database_is_migrated_and_keeps_its_rows(path: Path) -
     db, loaded = await opened(path)
     try:
         assert [r.seq for r in loaded.unread] == [7] and loaded.last_seq == 7
-        assert peek(path, "PRAGMA user_version") == [(2,)]
+        assert peek(path, "PRAGMA user_version") == [(3,)]
         states = await call(db, store.open_hooks(["wake"], loaded.last_seq))
         assert states["wake"].since == 7 and states["wake"].rows == []
     finally:

@@ -20,9 +20,9 @@ from netkit import (
     wait_disconnected,
 )
 
-from acp.net.node import Node
+from acp.net.node import GOOD_SESSION, Node
 from acp.net.peer import BACKOFF, CONNECTED, WAITING
-from acp.net.peers import GOOD_SESSION, HIGHER_SIDE_WAIT, PeerManager
+from acp.net.peers import HIGHER_SIDE_WAIT, PeerManager
 from acp.proto.backoff import Backoff
 
 ALPHA, BETA = ADDR["alpha"], ADDR["beta"]

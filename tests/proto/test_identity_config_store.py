@@ -455,11 +455,17 @@ def test_peer_store_pin_resets_replay_counter() -> None:
     assert store.get("b").ts_accepted == 99 and not store.dirty  # type: ignore[union-attr]
     store.pin("b", KEY)
     assert store.get("b").ts_accepted is None and store.dirty  # type: ignore[union-attr]
+    # ... but the old key's counter stays behind: its recorded message 1 is still a replay
+    assert store.floor(PUB) == 99 and store.table_changes() == ({PUB: 99}, {})
     store.changes()
     store.update("b", pubkey=KEY)
     assert not store.dirty
+    store.update("b", ts_accepted=7)
     assert store.forget("b") and store.dirty
     assert not store.forget("b")
+    assert store.floor(KEY) == 7  # forgotten: the floor stays
+    store.pin("b", PUB)  # pinned again (acp trust, or tofu): the counter comes back with it
+    assert store.get("b").ts_accepted == 99  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -509,3 +515,29 @@ def test_legacy_peers_json_reads_every_field(tmp_path: Path) -> None:
         "agent-two": PeerRecord(PUB, "10.0.0.7", 7100, 5, 10, 20, "mdns")
     }
     assert read_legacy_peers(tmp_path / "absent.json") == {}
+
+
+@pytest.mark.parametrize(
+    "addr", ["evil host:7100", "host\nname:7100", "a..b:7100", "-x:7100", "h\x1b[2J:7100"]
+)
+def test_addresses_must_be_an_ip_or_a_host_name(addr: str) -> None:
+    from acp.config import split_hostport
+
+    with pytest.raises(ConfigError, match="not an IP address or a host name"):
+        split_hostport(addr, what="addr")
+
+
+def test_good_addresses_still_pass() -> None:
+    from acp.config import split_hostport
+
+    assert split_hostport("laptop.local:7100", what="a") == ("laptop.local", 7100)
+    assert split_hostport("10.0.0.2:1", what="a") == ("10.0.0.2", 1)
+    assert split_hostport("[fe80::1]:7100", what="a") == ("fe80::1", 7100)
+
+
+def test_low_order_public_keys_are_unusable() -> None:
+    from acp.proto.noise import public_key, usable_public_key
+
+    assert not usable_public_key(bytes(32))  # what `acp trust` once accepted
+    assert not usable_public_key(b"\x01" + bytes(31))
+    assert usable_public_key(public_key(b"\x07" * 32))
