@@ -52,7 +52,6 @@ GOODBYE_GRACE = 2.0
 RESTART_BACKOFF_CAP = 60.0
 DIAL_REQUERY_GAP = 5.0  # seconds between re-queries caused by failed dials
 MAX_NAMES = 4096  # mDNS instance names remembered
-MAX_WARNINGS = 10  # warnings kept for `acp status`
 
 
 @attrs.frozen
@@ -331,10 +330,7 @@ class Discovery:
 
     def _warn(self, message: str) -> None:
         log.warning("mDNS: %s", one_line(message, 300))
-        warnings = self.node.warnings
-        if message not in warnings:
-            warnings.append(message)
-            del warnings[:-MAX_WARNINGS]  # the latest few, for `acp status`
+        self.node.warn(message)
 
     async def _query_loop(self) -> None:
         """Every QUERY_INTERVAL (or when asked): query, then sync the peer table from the cache."""

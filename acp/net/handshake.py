@@ -123,16 +123,21 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
         raise hs.Refused(
             hs.KEY_MISMATCH, f"{hello.agent_id!r} uses a changed key; run `acp trust` to accept it"
         )
-    pin = hs.admit(
-        hello,
-        key,
-        held_key=held,
-        last_accepted_ts=(
-            rec.ts_accepted if rec is not None and rec.pubkey == key else node.store.floor(key)
-        ),
-        trust=node.config.trust,
-    )
     host = _remote_host(stream)
+    try:
+        pin = hs.admit(
+            hello,
+            key,
+            held_key=held,
+            last_accepted_ts=(
+                rec.ts_accepted if rec is not None and rec.pubkey == key else node.store.floor(key)
+            ),
+            trust=node.config.trust,
+        )
+    except hs.Refused as exc:
+        if exc.reason == hs.KEY_MISMATCH and held is not None:
+            node.key_conflict(hello.agent_id, key, held, host)
+        raise
     known = held is not None and key == held
     if not known and node.sessions_up() >= node.config.max_sessions:
         raise hs.Refused(

@@ -23,7 +23,7 @@ from acp import store
 from acp.config import Config
 from acp.errors import IpcError
 from acp.identity import Identity
-from acp.model import Ack, Envelope, fingerprint
+from acp.model import Ack, Envelope, encode_key, fingerprint
 from acp.net.lograte import LogLimiter
 from acp.net.peer import BACKOFF, KEY_CHANGED, REFUSED, Peer
 from acp.net.stats import Stats
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 RECENT_INBOUND = 10_000  # inbound envelope ids remembered for `acp reply`
 REDIAL_GAP = 5.0  # seconds between redials that fresh mDNS answers may cause for one peer
+MAX_WARNINGS = 10  # warnings `acp status` shows (the latest)
 GOOD_SESSION = 5.0  # seconds a session must live to count (backoff reset, a proven pin)
 
 
@@ -112,6 +113,7 @@ class Node:
         self.port: int | None = None
         self.mdns_state = "off"  # off | starting | running | failed: ... (see discovery.py)
         self.warnings: list[str] = []  # shown by `acp status` (e.g. our agent_id claimed elsewhere)
+        self._warning_keys: dict[object, str] = {}
         self.sessions_changed = trio.Event()
         self.card = config.agent
         self.on_peer_added: Any = None  # set by the peer manager: starts a supervisor
@@ -152,6 +154,30 @@ class Node:
         if lasted and rec is not None and rec.pubkey is not None:
             self.store.update(agent_id, proven=True, last_seen=_now_ms())
         return lasted
+
+    def warn(self, message: str, key: object = None) -> None:
+        """A warning for `acp status` (the latest few; one per ``key`` if given)."""
+        if key is not None:
+            old = self._warning_keys.pop(key, None)
+            if old in self.warnings:
+                self.warnings.remove(old)
+            self._warning_keys[key] = message
+        if message not in self.warnings:
+            self.warnings.append(message)
+            del self.warnings[:-MAX_WARNINGS]
+
+    def key_conflict(self, agent_id: str, presented: bytes, held: bytes, host: str | None) -> None:
+        """A handshake claimed ``agent_id`` with another key than the pinned one: say what it
+        means and what to do in `acp status`, since the other side learns nothing (§4)."""
+        self.warn(
+            f"a handshake as {agent_id!r} from {host or '?'} presented key "
+            f"{fingerprint(presented)}, not the pinned {fingerprint(held)}, and was refused. If "
+            f"{agent_id} was reinstalled or got a new key, check `acp id` there and run "
+            f"`acp trust {agent_id} {encode_key(presented)}`; if not, someone else uses that "
+            "agent_id (default agent_ids are host names): keep refusing it, and have the real "
+            "one keep its key",
+            key=("key_conflict", agent_id),
+        )
 
     def sessions_up(self) -> int:
         return sum(1 for p in self.peers.values() if p.connected)

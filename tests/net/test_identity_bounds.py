@@ -13,7 +13,7 @@ import trio.testing
 from netkit import ADDR, InlineDatabase, Link, RawPeer, make_node, stored_peer
 
 from acp.errors import HandshakeError, IpcError
-from acp.model import Envelope
+from acp.model import Envelope, encode_key
 from acp.net import listener
 from acp.net.node import Node, Ticket
 
@@ -153,3 +153,18 @@ async def test_block_refuses_handshakes_and_announcements_across_a_restart(
     assert err.value.code == "blocked"
     assert again.store.unblock("mallory")
     assert await dial(again, "mallory", key, ts=3000)
+
+
+async def test_a_squatter_or_a_changed_key_is_explained_in_status(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    beta = make_node(tmp_path, "beta")
+    real = os.urandom(32)
+    assert await dial(beta, "alpha", real)
+    other = RawPeer("alpha", Link(CLIENT, ADDR["beta"]).client)
+    assert not await dial(beta, "alpha", other.private_key, ts=9999)
+    assert not await dial(beta, "alpha", other.private_key, ts=10000)
+    assert beta.stats["handshakes_refused.key_mismatch"] == 2
+    [warning] = beta.warnings  # one per agent_id, however often it tries
+    assert "'alpha' from 198.51.100.1" in warning
+    assert f"acp trust alpha {encode_key(other.public_key)}" in warning
