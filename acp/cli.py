@@ -705,6 +705,7 @@ PEERS_WIDE_COLUMNS = (
     "STATUS",
     "ADDR",
     "SOURCE",
+    "TRUST",
     "RTT_MS",
     "LAST_SEEN",
     "QUEUED",
@@ -731,6 +732,7 @@ def _peer_cells(p: dict[str, Any]) -> dict[str, str]:
         "STATUS": status,
         "ADDR": addr,
         "SOURCE": str(p.get("source") or "-"),
+        "TRUST": str(p.get("trust") or "-"),
         "RTT_MS": f"{p['rtt_ms']:.1f}" if p.get("rtt_ms") is not None else "-",
         "LAST_SEEN": _ago(p.get("last_seen")),
         "QUEUED": str(p.get("queued", 0)),
@@ -779,10 +781,10 @@ def peers(
 
     The table fits 80 columns: a peer's last error goes on an indented line under its row, cut with
     "…", and long ids and addresses are cut too if need be. --wide shows every column on one line
-    per peer, adding SOURCE, LAST_SEEN, FINGERPRINT (to compare with `acp id` on that machine) and
-    the whole LAST_ERROR. Each header is a key of the --json rows in upper case: ADDR shows
-    addr:port, LAST_SEEN how long ago last_seen was, STATUS also the seconds to the next try
-    (next_try_in) in backoff. Statuses: connected, connecting, discovered, waiting (the lower
+    per peer, adding SOURCE, TRUST (tofu, explicit or verified: see `acp verify`), LAST_SEEN,
+    FINGERPRINT (to compare with `acp id` on that machine) and the whole LAST_ERROR. Each header
+    is a key of the --json rows in upper case: ADDR shows addr:port, LAST_SEEN how long ago
+    last_seen was, STATUS also the seconds to the next try (next_try_in) in backoff. Statuses: connected, connecting, discovered, waiting (the lower
     agent_id dials), backoff, key_changed (run `acp trust` or `acp forget`), refused, stale, idle
     (no address known). A peer that sent an agent card gets one more indented line: the skills and
     description it claims (what the peer says, not checked by anyone).
@@ -958,6 +960,68 @@ def forget(agent: str, /, *, json: Json = False) -> int:
         _print_json(out)
     else:
         print(f"forgot {out['agent_id']}")
+    return EXIT_OK
+
+
+def _grouped_code(code: str) -> str:
+    """A 6-digit code as two groups of three, easier to read out: "123 456"."""
+    return f"{code[:3]} {code[3:]}" if len(code) == 6 else code
+
+
+@app.command
+def verify(
+    agent: str,
+    /,
+    *,
+    confirm: Annotated[bool, Parameter(negative="")] = False,
+    json: Json = False,
+) -> int:
+    """Show the 6-digit code of the live session with AGENT, to compare with the code its machine
+    shows for us; --confirm records AGENT's key as verified once the two codes matched.
+
+    Run `acp verify <our agent_id>` on AGENT's machine at the same time and compare the codes by
+    voice or another channel you trust. Both daemons derive the code from the Noise handshake of
+    their session, so the two codes are the same only if no one sits between them (a relay in
+    the middle runs two handshakes, and the two screens show two different codes). Read both
+    codes from the same session: a reconnect makes a new code. Needs a live session (`acp peers`
+    shows the peer connected). A key that changes later (`acp trust` with another key,
+    `acp forget`) is not verified. With `trust = "verified"` in config.toml only verified keys
+    and those you named ([[peers]], `acp trust`) may deliver envelopes here.
+
+    Examples
+
+        acp verify agent-two
+        acp verify agent-two --confirm
+        acp verify agent-two --json | jq -r .code
+
+    Parameters
+    ----------
+    agent
+        The peer's agent_id (as `acp peers` shows it).
+    confirm
+        Record the peer's current key as verified (only after the codes matched on both screens).
+    """
+    _check_agent(agent, "AGENT")
+    with Client() as c:
+        out = c.verify(agent, confirm=confirm)
+    if json:
+        _print_json({k: v for k, v in out.items() if k != "ok"})
+        return EXIT_OK
+    code, peer, us = _grouped_code(str(out["code"])), out["agent_id"], out["own_id"]
+    if confirm:
+        print(f"{peer} is verified: key {out['fingerprint']} (session code {code})")
+        print(f"On {peer}, `acp verify {us} --confirm` records our key there too.")
+        return EXIT_OK
+    print(f"verification code  {code}")
+    print(f"peer               {peer}, key {out['fingerprint']}, trust {out['trust']}")
+    print()
+    print(f"On {peer}, run `acp verify {us}` and compare the two codes (by voice, in person,")
+    print("or over another channel you trust).")
+    print(f"- They match: run `acp verify {peer} --confirm` here (and `acp verify {us} --confirm`")
+    print(f"  on {peer}).")
+    print("- They differ: someone may be between the two daemons. Do not confirm. Compare the")
+    print(f"  fingerprint above with `acp id` on {peer}; if they differ too, pin the key that")
+    print(f"  `acp id` shows there with `acp trust {peer} KEY`.")
     return EXIT_OK
 
 
@@ -1309,9 +1373,10 @@ _TYPED: dict[str, dict[str, str]] = {
     "ack": {"ids": "IDS", "up_to": "--up-to"},
     "trust": {"agent_id": "AGENT", "pubkey": "KEY", "addr": "--addr"},
     "forget": {"agent_id": "AGENT"},
+    "verify": {"agent_id": "AGENT", "confirm": "--confirm"},
     "card": {"reload": "--reload"},
 }
-_IPC_PREFIX = re.compile(r"^(send|reply|broadcast|subscribe|inbox|ack|trust|forget|card): ")
+_IPC_PREFIX = re.compile(r"^(send|reply|broadcast|subscribe|inbox|ack|trust|forget|verify|card): ")
 
 
 def _in_user_terms(message: str, command: str) -> str:

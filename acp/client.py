@@ -156,6 +156,14 @@ def trust_args(agent_id: str, pubkey: str, addr: str | None) -> dict[str, Any]:
     return args
 
 
+def verify_args(agent_id: str, confirm: bool) -> dict[str, Any]:
+    """The fields of a ``verify`` request; ``confirm`` only when true."""
+    args: dict[str, Any] = {"agent_id": agent_id}
+    if confirm:
+        args["confirm"] = True
+    return args
+
+
 def ack_args(ids: list[str] | None, up_to: int | None) -> dict[str, Any]:
     """The fields of an ``ack`` request: message ids, or every envelope up to a ``seq``."""
     if (ids is None) == (up_to is None):
@@ -700,6 +708,11 @@ class Client:
     def forget(self, agent_id: str) -> dict[str, Any]:
         return self.request("forget", agent_id=agent_id)
 
+    def verify(self, agent_id: str, *, confirm: bool = False) -> dict[str, Any]:
+        """The 6-digit code of the live session with ``agent_id`` (docs/protocol.md §9); with
+        ``confirm``, record its key as ``verified`` (after comparing the code on both machines)."""
+        return self.request("verify", **verify_args(agent_id, confirm))
+
     def inbox(
         self,
         unread: bool = True,
@@ -1026,6 +1039,10 @@ class TrioClient:
 
     async def forget(self, agent_id: str) -> dict[str, Any]:
         return await self.request("forget", agent_id=agent_id)
+
+    async def verify(self, agent_id: str, *, confirm: bool = False) -> dict[str, Any]:
+        """As ``Client.verify``."""
+        return await self.request("verify", **verify_args(agent_id, confirm))
 
     async def inbox(
         self,

@@ -52,6 +52,7 @@ _REQUEST_EXIT_CODES = {
     "timeout": EXIT_TEMPFAIL,
     "undelivered": EXIT_TEMPFAIL,
     "outbox_full": EXIT_TEMPFAIL,
+    "not_connected": EXIT_TEMPFAIL,
     "bad_request": EXIT_USAGE,
     "too_large": EXIT_USAGE,
 }

@@ -114,7 +114,9 @@ class PeerRecord:
     """What survives a restart about one peer (docs/protocol.md §2, §4).
 
     ``ts_sent`` is the last handshake ``ts`` we sent to that peer; ``ts_accepted`` the last one we
-    accepted from its pinned key, reset when the pin changes.
+    accepted from its pinned key, reset when the pin changes. ``verified`` is the key a person
+    confirmed with `acp verify --confirm` (§9): the pin is verified only while it is that key, and
+    a new pin clears it.
     """
 
     pubkey: bytes | None = attrs.field(default=None, repr=False)
@@ -125,10 +127,17 @@ class PeerRecord:
     ts_accepted: int | None = None
     source: str | None = None
     proven: bool | None = None  # a session with it lasted (or it delivered): pruned last
+    verified: bytes | None = attrs.field(default=None, repr=False)
+
+    @property
+    def is_verified(self) -> bool:
+        """True if the pinned key is the one a person verified."""
+        return self.verified is not None and self.verified == self.pubkey
 
     def to_json(self) -> dict[str, Any]:
         out = attrs.asdict(self)
         out["pubkey"] = encode_key(self.pubkey) if self.pubkey else None
+        out["verified"] = encode_key(self.verified) if self.verified else None
         return {k: v for k, v in out.items() if v is not None}
 
     @classmethod
@@ -145,6 +154,7 @@ class PeerRecord:
             return value
 
         pub = data.get("pubkey")
+        verified = data.get("verified")  # the key a person verified (§9)
         return cls(
             pubkey=decode_key(pub, what=f"{where} pubkey") if pub is not None else None,
             host=opt("host", str),
@@ -154,10 +164,11 @@ class PeerRecord:
             ts_accepted=opt("ts_accepted", int),
             source=opt("source", str),
             proven=opt("proven", bool),
+            verified=None if verified is None else decode_key(verified, what=f"{where} verified"),
         )
 
 
-USER_SOURCES = ("static", "manual", "verified")  # pins the user made: never pruned
+USER_SOURCES = ("static", "manual")  # pins the user made (verified ones too): never pruned
 MAX_FLOORS = 4096  # replay floors of keys no longer pinned
 
 
@@ -206,6 +217,7 @@ class PeerStore:
             self._keep_floor(rec)
             rec.pubkey = pubkey
             rec.ts_accepted = self.floors.get(pubkey)  # the replay counter belongs to the key
+            rec.verified = None  # and so does a verification: a new key is never verified
             self._changed.add(agent_id)
 
     def floor(self, pubkey: bytes) -> int | None:
@@ -259,7 +271,7 @@ class PeerStore:
         best: tuple[bool, int, str] | None = None
         count = 0
         for agent_id, rec in self._peers.items():
-            if rec.pubkey is None or rec.source in USER_SOURCES:
+            if rec.pubkey is None or rec.source in USER_SOURCES or rec.is_verified:
                 continue
             count += 1
             if keep(agent_id):

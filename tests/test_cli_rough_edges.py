@@ -152,6 +152,7 @@ def peer_row(agent_id: str = "agent-two", **fields: Any) -> dict[str, Any]:
         "last_error": None,
         "announced_fingerprint": None,
         "card": None,
+        "trust": "tofu",
     }
     row.update(fields)
     return row
@@ -456,6 +457,7 @@ def test_wide_shows_every_column_and_the_whole_error(
         "STATUS",
         "ADDR",
         "SOURCE",
+        "TRUST",
         "RTT_MS",
         "LAST_SEEN",
         "QUEUED",
@@ -666,10 +668,12 @@ def test_another_daemon_with_our_agent_id_is_told_how_to_fix(tmp_path: Path) -> 
     from acp.net.discovery import SERVICE_TYPE, Discovery
 
     other_key = base64.b64encode(bytes(range(32))).decode()
+    warnings: list[str] = []
     node = SimpleNamespace(
         agent_id="laptop",
         identity=SimpleNamespace(public_key=bytes(32)),
-        warnings=[],
+        warnings=warnings,
+        warn=lambda message, key=None: warnings.append(message),
         stats=SimpleNamespace(inc=lambda name: None),
     )
     info = ServiceInfo(

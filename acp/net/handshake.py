@@ -61,7 +61,10 @@ async def dial(node: Node, peer: Peer, host: str, port: int) -> Session:
         ts = hs.next_ts(_now_ms(), rec.ts_sent)
         node.store.update(peer.agent_id, ts_sent=ts)
         await node.persist_peers()  # before sending: ts must increase across restarts
-        noise = Initiator(node.identity.private_key, peer.pubkey, prologue=hs.PROLOGUE)
+        remote_key = peer.pubkey  # the key this handshake proves (peer.pubkey may change meanwhile)
+        if remote_key is None:
+            raise HandshakeError(f"no key known for {peer.agent_id}")
+        noise = Initiator(node.identity.private_key, remote_key, prologue=hs.PROLOGUE)
         msg1 = noise.write_message_1(hs.hello_payload(node.agent_id, ts, node.port))
         await stream.send_all(encode_frame(msg1))
         decoder = FrameDecoder()
@@ -86,6 +89,7 @@ async def dial(node: Node, peer: Peer, host: str, port: int) -> Session:
         decoder=decoder,
         initiator_id=node.agent_id,
         outbound=True,
+        remote_key=remote_key,
     )
 
 
@@ -146,7 +150,11 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
     if pin:
         _make_room_for_a_pin(node, hello.agent_id)
         node.store.pin(hello.agent_id, key)
-        log.info("peer %s: pinned its key on first contact (trust = tofu)", hello.agent_id)
+        log.info(
+            "peer %s: pinned its key on first contact (trust = %s)",
+            hello.agent_id,
+            node.config.trust,
+        )
     elif rec is None or rec.pubkey is None:
         # a key held but not pinned (mDNS): pin it, or the ts_accepted below is ignored next time
         node.store.pin(hello.agent_id, key)
@@ -173,6 +181,7 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
         decoder=decoder,
         initiator_id=hello.agent_id,
         outbound=False,
+        remote_key=key,
     )
 
 

@@ -675,6 +675,24 @@ class IpcServer:
         log.info("peer %s: unblocked by the user", agent_id)
         return ipc.ok_reply(r.req, agent_id=agent_id, blocked=False)
 
+    def cmd_verify(
+        self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery
+    ) -> dict[str, Any] | None:
+        """The session's verification code (docs/protocol.md §9); with ``confirm``, record the
+        peer's key as verified and reply once that is committed."""
+        agent_id = r.args["agent_id"]
+        if not r.args.get("confirm"):
+            return ipc.ok_reply(r.req, **self.node.verify(agent_id))
+
+        def stored(result: object) -> None:
+            if isinstance(result, BaseException):
+                conn.send(_store_error(result, r.req))
+            else:
+                conn.send(ipc.ok_reply(r.req, **info))
+
+        info = self.node.verify(agent_id, confirm=True, done=stored)
+        return None
+
     def cmd_forget(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
         node = self.node
         agent_id = r.args["agent_id"]

@@ -102,6 +102,8 @@ class Node:
         self._refusing: weakref.WeakKeyDictionary[AckSink, tuple[str, float]] = (
             weakref.WeakKeyDictionary()
         )
+        # sessions whose envelopes trust = "verified" refused: the warning is logged once for each
+        self._untrusted_warned: weakref.WeakSet[AckSink] = weakref.WeakSet()
         self.seen = SeenWindow()
         self.conns: set[IpcConn] = set()
         self.response_waiters: dict[str, Ticket] = {}
@@ -552,6 +554,10 @@ class Node:
         stored now, so never before the original), and a full inbox (ACK ``inbox_full``).
         """
         now = trio.current_time()
+        trust = self.trust_of(peer.agent_id)
+        if not hs.may_deliver(trust, self.config.trust):
+            self._refuse_untrusted(session, peer, env, trust)
+            return
         if self.seen.seen(env.from_, env.id, now):
             self.stats.inc("duplicates")
             waiting = self._storing.get((env.from_, env.id))
@@ -598,7 +604,7 @@ class Node:
             msg_id=env.id,
             kind=env.kind,
             received=_now_ms(),
-            trust=self.trust_of(peer.agent_id),
+            trust=trust,
             body=body,
             read=ticket is not None,  # the client waiting for this response reads it now
         )
@@ -625,6 +631,24 @@ class Node:
                 s.send_ack(Ack(env.id, True))
 
         self._store_item(item, stored)
+
+    def _refuse_untrusted(self, session: AckSink, peer: Peer, env: Envelope, trust: str) -> None:
+        """trust = "verified" and this key is neither verified nor explicit: refuse, do not hold
+        (ACK ``not_trusted``: the sender reports it undelivered at once; docs/protocol.md §9)."""
+        self.stats.inc("envelopes_refused.not_trusted")
+        if session not in self._untrusted_warned:
+            self._untrusted_warned.add(session)
+            log.warning(
+                "peer %s: refused envelope %s (and any more on this session): its key is %s, and "
+                'trust = "verified" delivers only verified or explicit keys; compare codes with '
+                "`acp verify %s`, then `acp verify %s --confirm`",
+                peer.agent_id,
+                one_line(env.id, 100),
+                trust,
+                peer.agent_id,
+                peer.agent_id,
+            )
+        session.send_ack(Ack(env.id, False, hs.NOT_TRUSTED))
 
     def _store_item(
         self, item: Item, then: Callable[[bool], None], skip: object | None = None
@@ -663,7 +687,58 @@ class Node:
     def trust_of(self, agent_id: str) -> str:
         """The trust level of a peer's key (docs/protocol.md §9)."""
         rec = self.store.get(agent_id)
-        return hs.trust_level(rec.source if rec is not None else None)
+        if rec is None:
+            return hs.trust_level(None)
+        return hs.trust_level(rec.source, verified=rec.is_verified)
+
+    def verify(
+        self,
+        agent_id: str,
+        *,
+        confirm: bool = False,
+        done: Callable[[object], None] | None = None,
+    ) -> dict[str, Any]:
+        """`acp verify` (docs/protocol.md §9): the 6-digit code of the live session with
+        ``agent_id``, which a person compares with the one its daemon shows for us.
+
+        With ``confirm``, record the key of that session (the pinned one) as ``verified``;
+        ``done(None or an exception)`` runs once that is committed. A key pinned later is not
+        verified. Raises IpcError ``unknown_peer`` or ``not_connected`` (no live session).
+        """
+        if agent_id == self.agent_id:
+            raise IpcError(
+                ipc.BAD_REQUEST, "that is this daemon's own agent_id: name the peer to verify"
+            )
+        peer = self.peers.get(agent_id)
+        rec = self.store.get(agent_id)
+        if peer is None and (rec is None or rec.pubkey is None):
+            raise IpcError(ipc.UNKNOWN_PEER, f"no peer {agent_id!r} is known (see `acp peers`)")
+        session = peer.active if peer is not None else None
+        if session is None or session.remote_key is None:
+            raise IpcError(
+                ipc.NOT_CONNECTED,
+                f"{agent_id} is not connected, and the code comes from a live session: check "
+                f"`acp peers` (its status and last error; `acp doctor` says what to fix), "
+                f"and run `acp verify {agent_id}` again once it shows connected",
+            )
+        key = session.remote_key
+        if confirm:
+            if rec is None or rec.pubkey != key:
+                raise IpcError(
+                    ipc.NOT_CONNECTED,
+                    f"the session with {agent_id} uses a key that is not the pinned one (any "
+                    f"more): run `acp verify {agent_id}` again once a new session is up",
+                )
+            self.store.update(agent_id, verified=key)
+            self.db.submit(store.save_peers(self.store.changes()), done)
+            log.info("peer %s: key %s verified by the user", agent_id, fingerprint(key))
+        return {
+            "agent_id": agent_id,
+            "own_id": self.agent_id,
+            "code": hs.verification_code(session.keys.handshake_hash),
+            "fingerprint": fingerprint(key),
+            "trust": self.trust_of(agent_id),
+        }
 
     # -- local readers -----------------------------------------------------------------------------
 

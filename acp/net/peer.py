@@ -126,6 +126,8 @@ class Session:
     bye_reason: str | None = None
     mid_write: bool = False  # the writer is inside send_all (a BYE must not follow a cut write)
     _pings: dict[bytes, float] = attrs.field(factory=dict)
+    # the peer's static key, as this session's handshake proved it (what `acp verify` confirms)
+    remote_key: bytes | None = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.confirmed = self.outbound  # the initiator knows at message 2; the responder later

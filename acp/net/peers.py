@@ -183,7 +183,12 @@ class PeerManager:
         if rec is None or rec.pubkey is None:
             assert peer.pubkey is not None
             node.store.pin(peer.agent_id, peer.pubkey)  # tofu: the handshake proved the key
-            log.info("peer %s: pinned its key %s (trust = tofu)", peer.agent_id, peer.fingerprint)
+            log.info(
+                "peer %s: pinned its key %s (trust = %s)",
+                peer.agent_id,
+                peer.fingerprint,
+                node.config.trust,
+            )
         node.store.update(peer.agent_id, host=host, port=port, last_seen=int(time.time() * 1000))
         reason = await session.run()
         if peer.active is None and peer.state not in (KEY_CHANGED,):

@@ -1,12 +1,14 @@
-"""Handshake payloads and the responder's admission rules (docs/protocol.md §4).
+"""Handshake payloads, the responder's admission rules, and trust levels (docs/protocol.md §4, §9).
 
 Message 1 carries ``{"v":1,"agent_id":…,"ts":…,"port":…}`` from the initiator, message 2
-``{"v":1,"agent_id":…}`` back. This module builds and checks those payloads and decides whether
-a presented static key may open a session; the Noise arithmetic is in ``acp.proto.noise``.
+``{"v":1,"agent_id":…}`` back. This module builds and checks those payloads, decides whether
+a presented static key may open a session, what trust level a pinned key has, and whether that
+level may deliver to local clients; the Noise arithmetic is in ``acp.proto.noise``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -17,7 +19,7 @@ from acp.model import is_agent_id
 
 PROLOGUE = b"acp-v1"
 HANDSHAKE_TIMEOUT = 5.0  # seconds from TCP connect to message 2 (§4)
-TRUST_POLICIES = ("tofu", "explicit")
+TRUST_POLICIES = ("tofu", "explicit", "verified")
 
 # Why a handshake was refused; each is logged and counted by the shell.
 KEY_MISMATCH = "key_mismatch"
@@ -104,20 +106,57 @@ ACCEPT = "accept"  # the key held for that agent_id
 PIN = "pin"  # no key held, trust = tofu: pin this one
 EXPLICIT_SOURCES = ("static", "manual")  # where a pin is the user's own word
 
+# Trust levels of a pinned key (docs/protocol.md §9), weakest first.
+TOFU = "tofu"
+EXPLICIT = "explicit"
+VERIFIED = "verified"
+TRUST_LEVELS = (TOFU, EXPLICIT, VERIFIED)
+# The levels that may deliver to local clients under trust = "verified".
+DELIVER_UNDER_VERIFIED = (EXPLICIT, VERIFIED)
+
+VERIFY_LABEL = b"acp-verify"  # SHA-256(label || handshake hash) -> the 6-digit code (§9)
+VERIFY_DIGITS = 6
+
 
 def judge_key(presented: bytes, held: bytes | None, policy: str) -> str:
     """The trust decision, in one place, for a handshake and for an mDNS announcement alike:
-    ``accept`` (it is the key held), ``pin`` (none held, tofu), or the refusal reason
-    ``key_mismatch`` (another key is held) or ``not_trusted`` (none held, trust = explicit)."""
+    ``accept`` (it is the key held), ``pin`` (none held, trust = tofu or verified), or the refusal
+    reason ``key_mismatch`` (another key is held) or ``not_trusted`` (none held, trust = explicit).
+
+    Under ``verified`` a new key is pinned as under ``tofu``, so that a session comes up and
+    `acp verify` can run over it; what it may deliver is ``may_deliver``'s decision."""
     if held is not None:
         return ACCEPT if presented == held else KEY_MISMATCH
-    return PIN if policy == "tofu" else NOT_TRUSTED
+    return NOT_TRUSTED if policy == "explicit" else PIN
 
 
-def trust_level(source: str | None) -> str:
-    """A pinned key's trust level (docs/protocol.md §9): ``explicit`` if the user named it
-    (config.toml [[peers]], `acp trust`), else ``tofu``. (``verified`` does not exist yet.)"""
-    return "explicit" if source in EXPLICIT_SOURCES else "tofu"
+def trust_level(source: str | None, *, verified: bool = False) -> str:
+    """A pinned key's trust level (docs/protocol.md §9): ``verified`` if a person compared the
+    session's code on both machines and confirmed it for this very key (``verified``: the caller
+    checked that the verified key is the pinned one), else ``explicit`` if the user named it
+    (config.toml [[peers]], `acp trust`), else ``tofu``."""
+    if verified:
+        return VERIFIED
+    return EXPLICIT if source in EXPLICIT_SOURCES else TOFU
+
+
+def may_deliver(level: str | None, policy: str) -> bool:
+    """Whether an envelope from a peer whose key has trust ``level`` reaches local clients.
+
+    Only ``trust = "verified"`` restricts it: there, keys that are neither verified nor explicit
+    are refused (ACK ``not_trusted``, docs/protocol.md §9)."""
+    return policy != "verified" or level in DELIVER_UNDER_VERIFIED
+
+
+def verification_code(handshake_hash: bytes) -> str:
+    """The short authentication code of a session (docs/protocol.md §9): the first 4 bytes of
+    SHA-256("acp-verify" || h), big-endian, modulo 10^6, as 6 digits with leading zeros.
+
+    Both ends of one Noise session have the same handshake hash ``h``; a relay in between runs
+    two handshakes, with two different hashes, so the two people see two different codes."""
+    digest = hashlib.sha256(VERIFY_LABEL + handshake_hash).digest()
+    number = int.from_bytes(digest[:4], "big") % 10**VERIFY_DIGITS
+    return f"{number:0{VERIFY_DIGITS}d}"
 
 
 def admit(

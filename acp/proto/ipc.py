@@ -26,6 +26,7 @@ BAD_REQUEST = "bad_request"
 UNKNOWN_PEER = "unknown_peer"
 TOO_LARGE = "too_large"
 TIMEOUT = "timeout"
+NOT_CONNECTED = "not_connected"
 
 # When ``send`` replies: once queued for the peer, once the peer ACKed, or once a response arrived.
 WAIT_MODES = ("accepted", "acked", "response")
@@ -95,6 +96,10 @@ _FIELDS: dict[str, dict[str, tuple[bool, Any, str]]] = {
     "forget": {"agent_id": (True, is_agent_id, "an agent_id")},
     "block": {"agent_id": (True, is_agent_id, "an agent_id")},
     "unblock": {"agent_id": (True, is_agent_id, "an agent_id")},
+    "verify": {
+        "agent_id": (True, is_agent_id, "an agent_id"),
+        "confirm": (False, lambda v: isinstance(v, bool), "true or false"),
+    },
     "card": {"reload": (False, lambda v: isinstance(v, bool), "true or false")},
     "hooks": {},
     "hooks_test": {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,7 +28,7 @@ HELLO = Hello(agent_id="agent-one", ts=1000, port=7100)
 
 
 def test_trust_policies() -> None:
-    assert TRUST_POLICIES == ("tofu", "explicit")
+    assert TRUST_POLICIES == ("tofu", "explicit", "verified")
 
 
 @pytest.mark.parametrize("trust", TRUST_POLICIES)
@@ -151,6 +153,9 @@ def test_refused_reasons_are_distinct() -> None:
         (b"k" * 32, b"o" * 32, "explicit", handshake.KEY_MISMATCH),
         (b"k" * 32, None, "tofu", handshake.PIN),
         (b"k" * 32, None, "explicit", handshake.NOT_TRUSTED),
+        (b"k" * 32, b"k" * 32, "verified", handshake.ACCEPT),
+        (b"k" * 32, b"o" * 32, "verified", handshake.KEY_MISMATCH),
+        (b"k" * 32, None, "verified", handshake.PIN),  # the session comes up: `acp verify` needs it
     ],
 )
 def test_judge_key_is_the_one_trust_decision(
@@ -167,3 +172,61 @@ def test_trust_level_is_explicit_only_for_keys_the_user_named() -> None:
         "tofu",
         "tofu",
     ]
+
+
+def test_verified_policy_admits_an_unknown_agent_to_pin_it() -> None:
+    assert admit(HELLO, KEY_B, held_key=None, last_accepted_ts=None, trust="verified") is True
+
+
+def test_trust_level_verified_wins_over_where_the_key_came_from() -> None:
+    for source in ("static", "manual", "mdns", "incoming", None):
+        assert handshake.trust_level(source, verified=True) == "verified"
+    assert handshake.trust_level("mdns", verified=False) == "tofu"
+    assert handshake.TRUST_LEVELS == ("tofu", "explicit", "verified")
+
+
+@pytest.mark.parametrize(
+    ("level", "policy", "delivered"),
+    [
+        ("tofu", "tofu", True),
+        ("explicit", "tofu", True),
+        ("verified", "tofu", True),
+        ("tofu", "explicit", True),  # explicit refuses at the handshake, not here
+        ("tofu", "verified", False),
+        (None, "verified", False),
+        ("explicit", "verified", True),
+        ("verified", "verified", True),
+    ],
+)
+def test_may_deliver(level: str | None, policy: str, delivered: bool) -> None:
+    assert handshake.may_deliver(level, policy) is delivered
+
+
+# -- the verification code (docs/protocol.md §9) ---------------------------------------------------
+
+
+def _code_by_hand(h: bytes) -> str:
+    """PROTOCOL.md §9, step by step: SHA-256("acp-verify" || h), first 4 bytes big-endian,
+    modulo 10^6, zero-padded to 6 digits."""
+    digest = hashlib.sha256(b"acp-verify" + h).digest()
+    return str(int.from_bytes(digest[:4], "big") % 1_000_000).zfill(6)
+
+
+def test_verification_code_known_vectors() -> None:
+    """Worked by hand: SHA-256("acp-verify" || h) starts 24 c8 56 9c for h = 00 01 .. 1f, and
+    0x24c8569c = 617109148, so the code is 109148; for h = 32 zero bytes, 43 ed 63 35 =
+    1139630901 -> 630901; for h = 31 zero bytes then 0a, d2 1c a9 d9 = 3525093849 -> 093849."""
+    assert _code_by_hand(bytes(range(32))) == "109148"
+    assert 0x24C8569C == 617109148 and 0x43ED6335 == 1139630901 and 0xD21CA9D9 == 3525093849
+    assert hashlib.sha256(b"acp-verify" + bytes(range(32))).digest()[:4] == bytes.fromhex(
+        "24c8569c"
+    )
+    assert handshake.verification_code(bytes(range(32))) == "109148"
+    assert handshake.verification_code(bytes(32)) == "630901"
+    assert handshake.verification_code((10).to_bytes(32, "big")) == "093849"  # leading zero kept
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_verification_code_is_six_digits_of_the_hash(h: bytes) -> None:
+    code = handshake.verification_code(h)
+    assert len(code) == 6 and code.isdigit() and code == _code_by_hand(h)

@@ -313,7 +313,7 @@ def test_bad_settings(tmp_path: Path, host: str, data: dict[str, Any], fragment:
     assert fragment in info.value.message
 
 
-@pytest.mark.parametrize("trust", ["tofu", "explicit"])
+@pytest.mark.parametrize("trust", ["tofu", "explicit", "verified"])
 def test_trust_values(tmp_path: Path, host: str, trust: str) -> None:
     write_config(tmp_path, f'trust = "{trust}"\n')
     assert Config.load(tmp_path, env={}).trust == trust
@@ -466,6 +466,28 @@ def test_peer_store_pin_resets_replay_counter() -> None:
     assert store.floor(KEY) == 7  # forgotten: the floor stays
     store.pin("b", PUB)  # pinned again (acp trust, or tofu): the counter comes back with it
     assert store.get("b").ts_accepted == 99  # type: ignore[union-attr]
+
+
+def test_peer_store_verified_belongs_to_the_key() -> None:
+    """A verified key survives a reload; a new pin is never verified (docs/protocol.md §9)."""
+    store = PeerStore()
+    store.pin("b", PUB)
+    store.update("b", verified=PUB)
+    rec = store.get("b")
+    assert rec is not None and rec.is_verified
+    row = store.changes()["b"] or ""
+    assert json.loads(row)["verified"] == PUB_B64
+    again = PeerStore()
+    again.load_rows([("b", row)], "db")
+    assert again.get("b") == rec and again.get("b").is_verified  # type: ignore[union-attr]
+    again.pin("b", PUB)  # the same key again: still verified
+    assert again.get("b").is_verified and not again.dirty  # type: ignore[union-attr]
+    again.pin("b", KEY)  # a new key: not verified, and the old verification is gone
+    assert not again.get("b").is_verified and again.get("b").verified is None  # type: ignore[union-attr]
+    assert "verified" not in json.loads(again.changes()["b"] or "")
+    # a record whose verified key is not its pin (written by hand, say) is not verified
+    odd = PeerRecord.from_json({"pubkey": PUB_B64, "verified": base64.b64encode(KEY).decode()}, "x")
+    assert not odd.is_verified
 
 
 @pytest.mark.parametrize(
