@@ -550,6 +550,9 @@ class Node:
     def deliver(self, session: AckSink, peer: Peer, env: Envelope, body: bytes) -> None:
         """Store an inbound envelope; ACK it ok once the store committed (docs/protocol.md §7).
 
+        ``body`` is what is stored and pushed: the envelope as parsed, re-serialised compactly
+        (``envelope.parse_wire``; one line), never the peer's own bytes (§6).
+
         Decided here, at once: a copy of one already stored (ACKed after whatever is being
         stored now, so never before the original), and a full inbox (ACK ``inbox_full``).
         """
@@ -587,8 +590,6 @@ class Node:
             return
         self.seen.add(env.from_, env.id, now)
         peer.last_seen = time.time()
-        if b"\n" in body or b"\r" in body:  # keep the push on one line
-            body = ipc.encode(env.to_dict())[:-1]
         ticket = None
         if env.kind == "response" and env.reply_to is not None:
             ticket = self.response_waiters.get(env.reply_to)

@@ -53,7 +53,8 @@ class SessionHost(Protocol):
         """Our agent card as a CARD frame's plaintext, or None without one."""
 
     def deliver(self, session: Session, peer: Peer, env: Envelope, body: bytes) -> None:
-        """Store an inbound envelope; the host calls ``session.send_ack`` when decided."""
+        """Store an inbound envelope (``body``: its compact re-serialisation, one line); the host
+        calls ``session.send_ack`` when decided."""
 
     def acked(self, peer: Peer, ack: Ack) -> None:
         """The peer ACKed (or refused) one of our envelopes."""
@@ -64,7 +65,9 @@ log = logging.getLogger(__name__)
 RECV_SIZE = 64 * 1024  # per receive_some: one allocation each, kept under malloc's mmap threshold
 BATCH_BYTES = 256 * 1024  # envelopes gathered into one send_all at most
 BYE_GRACE = 0.5  # seconds for a best-effort BYE on close
-CONTROL_LIMIT = 8192  # ACK/PONG frames owed to a peer before its session is closed
+CONTROL_BYTES = 1024 * 1024  # ACK/PONG/CARD bytes owed to a peer before its session is closed
+CONTROL_COST = 64  # what one queued frame costs beyond its bytes (its bytes object, a deque slot)
+CONTROL_OWED = f"over {CONTROL_BYTES // 1024} KiB of ACK/PONG frames owed"  # the BYE reason
 TCP_KEEPALIVE = 30  # seconds (docs/protocol.md §5)
 
 # Peer states shown by `acp peers`.
@@ -117,6 +120,7 @@ class Session:
     outbound: bool
     confirmed: bool = False
     control: deque[bytes] = attrs.field(factory=deque)
+    control_bytes: int = 0  # ``control`` and what the writer is sending of it: CONTROL_COST + len
     wake: trio.Event = attrs.field(factory=trio.Event)
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     last_recv: float = 0.0
@@ -138,11 +142,20 @@ class Session:
         return self.peer.active is self
 
     def queue_control(self, plaintext: bytes) -> None:
-        if len(self.control) >= CONTROL_LIMIT:
+        """Queue a frame for the writer (from the reader); ProtocolError past CONTROL_BYTES."""
+        if not self._owe(plaintext):
             # A peer that sends but never reads would grow this for ever (ACKs and PONGs owed).
-            raise ProtocolError(f"peer does not read: {CONTROL_LIMIT} ACK/PONG frames owed")
-        self.control.append(plaintext)
+            raise ProtocolError(f"peer does not read: {CONTROL_OWED}")
         self.wake.set()
+
+    def _owe(self, plaintext: bytes) -> bool:
+        """Append to ``control`` unless that takes it past CONTROL_BYTES."""
+        cost = self.control_bytes + CONTROL_COST + len(plaintext)
+        if cost > CONTROL_BYTES:
+            return False
+        self.control_bytes = cost
+        self.control.append(plaintext)
+        return True
 
     def send_ack(self, ack: Ack) -> None:
         """Queue an ACK decided after the fact (once the store committed); never raises."""
@@ -156,10 +169,13 @@ class Session:
         """``queue_control`` for frames queued from outside the reader: never raises."""
         if self.end_reason:
             return  # the session is over (an ACK: the peer resends, and gets it for the copy)
-        if len(self.control) >= CONTROL_LIMIT:
-            self.close("peer does not read", bye=f"{CONTROL_LIMIT} ACK/PONG frames owed")
+        if not self._owe(plaintext):
+            self.node.stats.inc("protocol_errors")
+            log.warning(
+                "peer %s: does not read: %s; closing the session", self.peer.agent_id, CONTROL_OWED
+            )
+            self.close("peer does not read", bye=CONTROL_OWED)
             return
-        self.control.append(plaintext)
         self.wake.set()
 
     def _still_known(self) -> bool:
@@ -240,6 +256,7 @@ class Session:
         while True:
             chunks: list[bytes] = []
             control = self.control
+            owed = self.control_bytes  # counted until sent: a peer that does not read holds it
             while control:
                 chunks.append(_frame(keys, control.popleft()))
             if self.confirmed and self.peer.active is self:
@@ -255,6 +272,7 @@ class Session:
                 self.mid_write = True
                 await stream.send_all(data)
                 self.mid_write = False
+                self.control_bytes -= owed
                 self.last_sent = trio.current_time()
                 stats.inc("bytes_sent", len(data))
             else:
@@ -334,7 +352,7 @@ class Session:
         node = self.node
         node.stats.inc("envelopes_received")
         try:
-            env = envelope_mod.parse(body)
+            env, wire = envelope_mod.parse_wire(body)
             envelope_mod.check_route(env, session_peer=self.peer.agent_id, own_id=node.agent_id)
         except EnvelopeError as exc:
             if exc.fatal or exc.envelope_id is None:
@@ -348,7 +366,7 @@ class Session:
             )
             self.queue_control(frames.encode_ack(Ack(exc.envelope_id, False, exc.code)))
             return
-        node.deliver(self, self.peer, env, body)
+        node.deliver(self, self.peer, env, wire)
 
 
 @attrs.define(eq=False)

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from acp.errors import ConfigError, ProtocolError
+from acp.proto import peerjson
 
 CARD = 0x06
 MAX_DESCRIPTION = 1000
@@ -82,9 +83,7 @@ class AgentCard:
         if len(body) > MAX_WIRE:
             raise ProtocolError(f"card of {len(body)} bytes is over {MAX_WIRE}")
         try:
-            obj = json.loads(
-                body.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
-            )
+            obj, _ = peerjson.loads(body)
             return cls.from_obj(obj)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ProtocolError(f"bad card: {exc}") from None
@@ -101,14 +100,3 @@ class AgentCard:
         """The plaintext of a CARD session frame."""
         body = json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
         return bytes([CARD]) + body
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicated key")
-    return out
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")

@@ -1,6 +1,7 @@
 """Envelopes (docs/protocol.md §6): JSON <-> model.Envelope, kind schemas, the size limit.
 
-``parse`` is for bytes from a peer and raises EnvelopeError carrying the ACK error code;
+``parse_wire`` is for bytes from a peer (strict JSON, re-serialised for local clients) and
+raises EnvelopeError carrying the ACK error code;
 ``complete`` is for what a local client hands to ``send`` and fills ``v``, ``id``, ``from``, ``ts``.
 Both produce an Envelope whose ``to_json()`` is at most ``MAX_ENVELOPE`` bytes.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from acp.errors import EnvelopeError
 from acp.model import KINDS, Envelope, is_agent_id
+from acp.proto import peerjson
 from acp.proto.session import MAX_BODY
 
 MAX_ENVELOPE = MAX_BODY  # 65535 - 16 - 1 = 65518 bytes of compact UTF-8 JSON
@@ -137,24 +139,48 @@ def _build(obj: dict[str, Any]) -> Envelope:
 
 
 def parse(body: bytes) -> Envelope:
-    """An ENVELOPE frame body from a peer -> Envelope.
+    """An ENVELOPE frame body from a peer -> Envelope (``parse_wire`` without the bytes)."""
+    return parse_wire(body)[0]
 
+
+def parse_wire(body: bytes) -> tuple[Envelope, bytes]:
+    """An ENVELOPE frame body from a peer -> (Envelope, the bytes local clients get).
+
+    The bytes are the compact re-serialisation of what was parsed, never the peer's own (§6).
     Raises EnvelopeError with ``fatal=True`` if the body is not a JSON object with a string id
-    (the session closes), otherwise with the ACK error code and the id to ACK.
+    (the session closes), otherwise with the ACK error code and the id to ACK: JSON that is not
+    strict (a duplicated key, NaN, Infinity, a lone surrogate) is ``invalid_envelope``.
     """
     if len(body) > MAX_ENVELOPE:
         raise EnvelopeError(
             TOO_LARGE, f"envelope of {len(body)} bytes is over {MAX_ENVELOPE}", fatal=True
         )
     try:
-        obj = json.loads(body.decode("utf-8"))
+        obj, wire = peerjson.loads(body)
+    except peerjson.NotStrictJSON as exc:
+        raise _not_strict(body, exc) from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise EnvelopeError(INVALID_ENVELOPE, "envelope is not UTF-8 JSON", fatal=True) from exc
     if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
         raise EnvelopeError(
             INVALID_ENVELOPE, "envelope is not a JSON object with a string id", fatal=True
         )
-    return _build(obj)
+    return _build(obj), wire
+
+
+def _not_strict(body: bytes, exc: peerjson.NotStrictJSON) -> EnvelopeError:
+    """JSON that is not strict is refused with an ACK when it has a string id to ACK (the last
+    one if ``id`` itself is duplicated), else it closes the session, as any other body would."""
+    try:  # leniently, only to find the id (a NaN stopped the strict parse: the rest may be junk)
+        obj = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return EnvelopeError(INVALID_ENVELOPE, "envelope is not UTF-8 JSON", fatal=True)
+    if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+        message = f"envelope is not strict JSON: {exc}"
+        return EnvelopeError(INVALID_ENVELOPE, message, envelope_id=obj["id"])
+    return EnvelopeError(
+        INVALID_ENVELOPE, f"envelope is not a JSON object with a string id ({exc})", fatal=True
+    )
 
 
 def check_route(env: Envelope, *, session_peer: str, own_id: str) -> None:
@@ -228,7 +254,13 @@ def complete(
     data.setdefault("reply_to", None)
     env = _build(data)
     try:
-        wire = to_json(env, allow_nan=False)
+        wire = _COMPACT_STRICT.encode(env.to_dict()).encode("utf-8")
+    except UnicodeEncodeError as exc:  # legal as a \u escape, but a strict peer refuses it (§6)
+        raise EnvelopeError(
+            INVALID_ENVELOPE,
+            "envelope holds a lone UTF-16 surrogate, which peers refuse",
+            envelope_id=env.id,
+        ) from exc
     except ValueError as exc:  # NaN/Infinity: not JSON, so a strict peer could not parse it
         raise EnvelopeError(
             INVALID_ENVELOPE,

@@ -27,7 +27,7 @@ MAX_PLAINTEXT = MAX_FRAME - TAGLEN  # 65519: type byte + body
 MAX_BODY = MAX_PLAINTEXT - 1  # 65518 (§6)
 PING_IDLE = 15.0  # send PING after this long without sending
 DEAD_AFTER = 45.0  # a session with nothing received for this long is dead
-PING_LEN = 8
+PING_LEN = 8  # the body of every PING and PONG (§5)
 
 
 @attrs.frozen
@@ -116,10 +116,11 @@ def decode(plaintext: bytes) -> Frame:
         return EnvelopeFrame(body)
     if kind == ACK:
         return AckFrame(_parse_ack(body))
-    if kind == PING:
-        return Ping(body)
-    if kind == PONG:
-        return Pong(body)
+    if kind == PING or kind == PONG:
+        if len(body) != PING_LEN:  # §5: exactly 8 bytes, echoed; nothing else is owed an answer
+            name = "PING" if kind == PING else "PONG"
+            raise FrameError(f"{name} of {len(body)} bytes; the body is exactly {PING_LEN} bytes")
+        return Ping(body) if kind == PING else Pong(body)
     if kind == BYE:
         return Bye(body.decode("utf-8", "replace"))
     if kind == CARD:

@@ -15,7 +15,7 @@ from acp.errors import ProtocolError
 from acp.model import Ack
 from acp.net.ipc_server import MAX_BACKLOG, IpcConn
 from acp.net.node import Node, Ticket
-from acp.net.peer import CONTROL_LIMIT, Peer, Session
+from acp.net.peer import CONTROL_BYTES, CONTROL_COST, CONTROL_OWED, Peer, Session
 from acp.proto import envelope as envelope_mod
 from acp.proto.delivery import Outbox
 from acp.proto.framing import FrameDecoder
@@ -140,14 +140,22 @@ async def test_a_peer_that_never_reads_loses_its_session_not_our_memory(tmp_path
     a, _ = trio.testing.memory_stream_pair()
     keys = TransportKeys(CipherState(os.urandom(32)), CipherState(os.urandom(32)), b"")
     session = Session(node, peer, a, keys, FrameDecoder(), "beta", outbound=False)
+    pong = b"\x04pong...."
+    fits = CONTROL_BYTES // (CONTROL_COST + len(pong))
     try:
-        for _ in range(CONTROL_LIMIT + 1):
-            session.queue_control(b"\x04pong....")
+        for _ in range(fits + 1):
+            session.queue_control(pong)
     except ProtocolError as exc:
         assert "does not read" in str(exc)
     else:
         raise AssertionError("the control queue grew past its limit")
-    assert len(session.control) == CONTROL_LIMIT
+    assert len(session.control) == fits
+    assert session.control_bytes == fits * (CONTROL_COST + len(pong)) <= CONTROL_BYTES
+    # An ACK decided later (the store committed) closes the session instead of raising.
+    session.send_ack(Ack("m-1", True))
+    assert session.end_reason == "peer does not read" and session.bye_reason == CONTROL_OWED
+    assert node.stats["protocol_errors"] == 1
+    assert len(session.control) == fits
 
 
 async def test_read_rows_are_pruned_by_count_as_they_pile_up(tmp_path: Path) -> None:

@@ -71,8 +71,9 @@ def test_session_decode_on_garbage(data: bytes) -> None:
     try:
         frame = session.decode(data)
     except ProtocolError as exc:
-        assert data == b"" or data[0] == session.ACK
-        assert isinstance(exc, FrameError) == (data == b"")
+        pinged = data[:1] in (b"\x03", b"\x04")  # PING or PONG, not of 8 bytes
+        assert data == b"" or data[0] == session.ACK or (pinged and len(data) != 9)
+        assert isinstance(exc, FrameError) == (data == b"" or pinged)
         return
     kind = data[0]
     if kind == session.ENVELOPE:
@@ -82,7 +83,7 @@ def test_session_decode_on_garbage(data: bytes) -> None:
         assert frame.ack.ok in (True, False)
         assert isinstance(frame.ack.id, str)
     elif kind in (session.PING, session.PONG):
-        assert frame.data == data[1:]  # type: ignore[union-attr]
+        assert frame.data == data[1:] and len(data) == 1 + session.PING_LEN  # type: ignore[union-attr]
     elif kind == session.BYE:
         assert isinstance(frame, session.Bye)
     elif kind == session.CARD:  # its body is judged by acp.proto.card, not here
@@ -138,6 +139,13 @@ def test_session_encoders() -> None:
     assert session.decode(session.encode_bye("shutting down")) == session.Bye("shutting down")
     assert session.decode(session.encode_envelope(b"{}")) == session.EnvelopeFrame(b"{}")
     assert session.decode(b"\x05\xff") == session.Bye("\ufffd")
+
+
+@pytest.mark.parametrize("kind", [session.PING, session.PONG])
+@pytest.mark.parametrize("length", [0, 1, 7, 9, 16, 65_000])
+def test_ping_and_pong_bodies_are_exactly_8_bytes(kind: int, length: int) -> None:
+    with pytest.raises(FrameError, match=f"of {length} bytes"):
+        session.decode(bytes([kind]) + bytes(length))
     assert session.encode_envelope(b"x" * session.MAX_BODY)[0] == session.ENVELOPE
     with pytest.raises(ProtocolError):
         session.encode_envelope(b"x" * (session.MAX_BODY + 1))
@@ -352,18 +360,20 @@ def test_oversized_envelope_body_is_too_large() -> None:
     assert info.value.code == envelope.TOO_LARGE
 
 
-def test_envelope_with_lone_surrogate_serialises() -> None:
-    """JSON may escape a lone surrogate; what parse accepts, to_json and ipc.encode must emit."""
+def test_envelope_with_lone_surrogate_is_refused() -> None:
+    """JSON may escape a lone surrogate; a strict receiver refuses it with an ACK (§6)."""
     body = (
         b'{"v":1,"id":"m-1","from":"a","to":"b","ts":1,"kind":"notify","reply_to":null,'
         b'"payload":{"topic":"\\ud800","data":null}}'
     )
-    env = envelope.parse(body)
-    assert env.payload["topic"] == "\ud800"
-    wire = envelope.to_json(env)
-    assert envelope.parse(wire) == env
+    with pytest.raises(EnvelopeError) as info:
+        envelope.parse(body)
+    assert info.value.code == envelope.INVALID_ENVELOPE and not info.value.fatal
+    assert info.value.envelope_id == "m-1"
+    env = envelope.parse(body.replace(b"\\ud800", b"\\ud83d\\ude00"))  # a pair is fine
+    assert env.payload["topic"] == "\U0001f600"
     line = ipc.encode({"inbound": True, "envelope": env.to_dict()})
-    assert json.loads(line)["envelope"]["payload"]["topic"] == "\ud800"
+    assert json.loads(line)["envelope"]["payload"]["topic"] == "\U0001f600"
 
 
 # --- IPC ------------------------------------------------------------------------------------

@@ -414,6 +414,26 @@ def test_complete_refuses_values_json_cannot_carry(value: float) -> None:
     assert info.value.code in (INVALID_ENVELOPE, INVALID_PAYLOAD)
 
 
+@pytest.mark.parametrize("text", ["\ud800", "x\udfff", "\udc00\ud800"])
+def test_complete_refuses_a_lone_surrogate(text: str) -> None:
+    """JSON can escape one, but a strict peer refuses it (§6): refused here, not there."""
+    with pytest.raises(EnvelopeError) as info:
+        envelope.complete(
+            {"kind": "notify", "payload": {"topic": text, "data": None}},
+            own_id="a",
+            to="b",
+            now_ms=1,
+        )
+    assert info.value.code == INVALID_ENVELOPE and "surrogate" in info.value.message
+    env, wire = envelope.complete(
+        {"kind": "notify", "payload": {"topic": "\U0001f600", "data": None}},
+        own_id="a",
+        to="b",
+        now_ms=1,
+    )
+    assert envelope.parse_wire(wire) == (env, wire)
+
+
 # --- check_route ------------------------------------------------------------------------------
 
 
