@@ -261,25 +261,26 @@ class PeerStore:
                 setattr(rec, key, value)
                 self._changed.add(agent_id)
 
-    def tofu_victim(self, keep: Callable[[str], bool]) -> tuple[str | None, int]:
-        """(a tofu pin to drop to make room for a new one, how many tofu pins there are).
+    def tofu_victim(self, keep: Callable[[str], bool]) -> str | None:
+        """A tofu pin to drop to make room for a new one, or None.
 
         Pins the user made (``[[peers]]``, `acp trust`, verified) are never candidates, nor those
         ``keep`` protects (connected, or with envelopes queued). Pins that never had a lasting
-        session go first, oldest first; then the longest unseen.
+        session go first, oldest first (the table keeps pinning order, so the first one found is
+        it: a flood of invented identities costs one short scan each); then the longest unseen.
         """
-        best: tuple[bool, int, str] | None = None
-        count = 0
+        best: tuple[int, str] | None = None
         for agent_id, rec in self._peers.items():
             if rec.pubkey is None or rec.source in USER_SOURCES or rec.is_verified:
                 continue
-            count += 1
             if keep(agent_id):
                 continue
-            rank = (bool(rec.proven), rec.last_seen or 0, agent_id)
+            if not rec.proven:
+                return agent_id
+            rank = (rec.last_seen or 0, agent_id)
             if best is None or rank < best:
                 best = rank
-        return (best[2] if best is not None else None), count
+        return best[1] if best is not None else None
 
     def forget(self, agent_id: str) -> bool:
         rec = self._peers.pop(agent_id, None)

@@ -13,10 +13,11 @@ import time
 import trio
 
 from acp.errors import FrameError, HandshakeError
+from acp.net.lograte import held_note
 from acp.net.node import Node
 from acp.net.peer import Peer, Session, set_keepalive
 from acp.proto import handshake as hs
-from acp.proto.admission import Slot
+from acp.proto.admission import Slot, source_of
 from acp.proto.framing import FrameDecoder, encode_frame
 from acp.proto.noise import Initiator, Responder
 
@@ -143,18 +144,23 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
             node.key_conflict(hello.agent_id, key, held, host)
         raise
     known = held is not None and key == held
-    if not known and node.sessions_up() >= node.config.max_sessions:
+    cap = node.config.max_sessions
+    if not known and len(node.peers) >= cap and node.sessions_up() >= cap:
         raise hs.Refused(
-            hs.TOO_MANY, f"{node.config.max_sessions} sessions up (max_sessions): no room for a new peer"
+            hs.TOO_MANY, f"{cap} sessions up (max_sessions): no room for a new peer"
         )
     if pin:
         _make_room_for_a_pin(node, hello.agent_id)
         node.store.pin(hello.agent_id, key)
-        log.info(
-            "peer %s: pinned its key on first contact (trust = %s)",
-            hello.agent_id,
-            node.config.trust,
-        )
+        # one line per source per minute: a host that invents identities must not flood the log
+        emit, held_back = node.log_limiter.allow(("pinned", source_of(host or "?")))
+        if emit:
+            log.info(
+                "peer %s: pinned its key on first contact (trust = %s)%s",
+                hello.agent_id,
+                node.config.trust,
+                held_note(held_back),
+            )
     elif rec is None or rec.pubkey is None:
         # a key held but not pinned (mDNS): pin it, or the ts_accepted below is ignored next time
         node.store.pin(hello.agent_id, key)
@@ -186,18 +192,19 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
 
 
 def _make_room_for_a_pin(node: Node, agent_id: str) -> None:
-    """Keep tofu pins under ``max_pins``: drop the least valuable one, or refuse this one."""
+    """Keep pinned keys under ``max_pins``: drop the least valuable tofu pin, or refuse this one."""
+    if len(node.store) < node.config.max_pins:
+        return
 
     def keep(other: str) -> bool:
         peer = node.peer(other)
         return other == agent_id or (peer is not None and (peer.connected or len(peer.outbox) > 0))
 
-    victim, count = node.store.tofu_victim(keep)
-    if count < node.config.max_pins:
-        return
+    victim = node.store.tofu_victim(keep)
     if victim is None:
         raise hs.Refused(
-            hs.TOO_MANY, f"{count} keys pinned (max_pins) and none can make room for {agent_id!r}"
+            hs.TOO_MANY,
+            f"{len(node.store)} keys pinned (max_pins) and none can make room for {agent_id!r}",
         )
     node.unpin(victim, "pruned: max_pins reached")
 

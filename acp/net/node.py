@@ -24,7 +24,7 @@ from acp.config import Config
 from acp.errors import IpcError
 from acp.identity import Identity
 from acp.model import Ack, Envelope, encode_key, fingerprint
-from acp.net.lograte import LogLimiter
+from acp.net.lograte import LogLimiter, held_note
 from acp.net.peer import BACKOFF, KEY_CHANGED, REFUSED, Peer
 from acp.net.stats import Stats
 from acp.proto import handshake as hs
@@ -200,7 +200,9 @@ class Node:
         self.remove_peer(agent_id, reason)
         if self.store.forget(agent_id):
             self.stats.inc("pins_dropped")
-            log.info("peer %s: pin dropped (%s)", agent_id, reason)
+            emit, held_back = self.log_limiter.allow(("pin dropped", reason))
+            if emit:
+                log.info("peer %s: pin dropped (%s)%s", agent_id, reason, held_note(held_back))
         self.save_peers()
 
     def _sessions_changed(self) -> None:

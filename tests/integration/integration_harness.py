@@ -506,6 +506,43 @@ class IpcLine:
         self.sock.close()
 
 
+# -- a daemon that must refuse to start ----------------------------------------------------------
+
+
+def run_until_exit(d: Daemon, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run ``acp daemon`` for a case where it must refuse to start; fail at once if it serves."""
+    d.write_config()
+    proc = subprocess.Popen(
+        d.command(),
+        env=d.env,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None:
+            serving = False
+            try:
+                with d.client() as c:
+                    serving = c.request("status", read_timeout=2).get("pid") == proc.pid
+            except Exception:
+                pass
+            if serving:
+                raise AssertionError(f"{d} started and answers `status` (it should exit 78)")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{d} neither exited nor answered within {timeout:g} s")
+            time.sleep(0.1)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 # -- the fixture --------------------------------------------------------------------------------
 
 

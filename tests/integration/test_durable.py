@@ -16,12 +16,11 @@ import json
 import random
 import signal
 import socket
-import subprocess
 import time
 from typing import Any
 
 import pytest
-from integration_harness import REPO, Daemon, Fleet, IpcLine, no_traceback, wait_for
+from integration_harness import Daemon, Fleet, IpcLine, no_traceback, run_until_exit, wait_for
 
 from acp.client import notify_envelope, query_envelope
 from acp.errors import DaemonUnavailable, RequestFailed
@@ -76,40 +75,6 @@ def from_peer(agent_id: str) -> dict[str, Any]:
 def queued(d: Daemon) -> int:
     n: int = d.status()["queued"]
     return n
-
-
-def run_until_exit(d: Daemon, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run ``acp daemon`` for a case where it must refuse to start; fail at once if it serves."""
-    d.write_config()
-    proc = subprocess.Popen(
-        d.command(),
-        env=d.env,
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + timeout
-    try:
-        while proc.poll() is None:
-            serving = False
-            try:
-                with d.client() as c:
-                    serving = c.request("status", read_timeout=2).get("pid") == proc.pid
-            except Exception:
-                pass
-            if serving:
-                raise AssertionError(f"{d} started and answers `status` (it should exit 78)")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{d} neither exited nor answered within {timeout:g} s")
-            time.sleep(0.1)
-        out, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 # -- 1. what a receiver ACKed survives its death --------------------------------------------------

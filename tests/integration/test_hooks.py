@@ -24,7 +24,6 @@ import re
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -34,7 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from integration_harness import REPO, Daemon, Fleet, free_port, no_traceback, wait_for
+from integration_harness import (
+    Daemon,
+    Fleet,
+    free_port,
+    no_traceback,
+    run_until_exit,
+    wait_for,
+)
 
 from acp.client import notify_envelope, query_envelope
 
@@ -316,37 +322,6 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-def run_until_exit(d: Daemon, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run ``acp daemon`` for a case where it must refuse to start; fail at once if it serves."""
-    d.write_config()
-    proc = subprocess.Popen(
-        d.command(),
-        env=d.env,
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + timeout
-    try:
-        while proc.poll() is None:
-            serving = False
-            with contextlib.suppress(Exception), d.client() as c:
-                serving = c.request("status", read_timeout=2).get("pid") == proc.pid
-            if serving:
-                raise AssertionError(f"{d} started and answers `status` (it should exit 78)")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{d} neither exited nor answered within {timeout:g} s")
-            time.sleep(0.1)
-        out, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 RECORDER = """\

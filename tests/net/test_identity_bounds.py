@@ -51,7 +51,7 @@ async def test_tofu_pins_are_capped_and_unproven_ones_go_first(
 async def test_user_pins_are_never_pruned_and_a_full_table_refuses(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    beta = make_node(tmp_path, "beta", max_pins=1)
+    beta = make_node(tmp_path, "beta", max_pins=2)  # carol's and one more
     beta.store.pin("carol", os.urandom(32))
     beta.store.update("carol", source="manual")  # `acp trust`: the user's word
     assert await dial(beta, "fake0")
