@@ -45,11 +45,11 @@ def socket_path(home: Path) -> Path:
     return home / SOCKET_NAME
 
 
-_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")  # `_`: container names have it
 
 
 def _is_host(host: str) -> bool:
-    """An IP address, or a DNS name of letters, digits and hyphens (no spaces, no controls)."""
+    """An IP address, or a host name of letters, digits, `-` and `_` (no spaces, no controls)."""
     try:
         ipaddress.ip_address(host)
         return True

@@ -126,7 +126,7 @@ class PeerRecord:
     ts_sent: int | None = None
     ts_accepted: int | None = None
     source: str | None = None
-    proven: bool | None = None  # a session with it lasted (or it delivered): pruned last
+    proven: bool | None = None  # a session with it lasted 5 s: never dropped by the pin cap
     verified: bytes | None = attrs.field(default=None, repr=False)
 
     @property
@@ -228,10 +228,11 @@ class PeerStore:
         if rec.pubkey is None or rec.ts_accepted is None:
             return
         if rec.ts_accepted > self.floors.get(rec.pubkey, -1):
+            self.floors.pop(rec.pubkey, None)  # to the end: the table is in the order kept
             self.floors[rec.pubkey] = rec.ts_accepted
             self._floors_changed.add(rec.pubkey)
-        while len(self.floors) > MAX_FLOORS:  # the oldest go: a recording that old is stale too
-            oldest = min(self.floors, key=self.floors.__getitem__)
+        while len(self.floors) > MAX_FLOORS:  # the first kept go (not the lowest ts: a peer
+            oldest = next(iter(self.floors))  # picks its ts, and could push real ones out)
             del self.floors[oldest]
             self._floors_changed.add(oldest)
 
@@ -261,26 +262,26 @@ class PeerStore:
                 setattr(rec, key, value)
                 self._changed.add(agent_id)
 
-    def tofu_victim(self, keep: Callable[[str], bool]) -> str | None:
-        """A tofu pin to drop to make room for a new one, or None.
+    def pinned(self) -> int:
+        return sum(1 for rec in self._peers.values() if rec.pubkey is not None)
 
-        Pins the user made (``[[peers]]``, `acp trust`, verified) are never candidates, nor those
-        ``keep`` protects (connected, or with envelopes queued). Pins that never had a lasting
-        session go first, oldest first (the table keeps pinning order, so the first one found is
-        it: a flood of invented identities costs one short scan each); then the longest unseen.
+    def tofu_victim(self, keep: Callable[[str], bool]) -> str | None:
+        """A pin the cap may drop to make room for a stranger's, or None.
+
+        Only pins taken on first contact that never had a lasting session qualify (oldest first;
+        the table keeps pinning order, so the first one found is it), and not those ``keep``
+        protects (connected, or with envelopes queued). A pin that proved itself, and any pin
+        the user made, is never dropped automatically: otherwise a flood of identities could
+        push out a real peer that is offline, and then claim its agent_id.
         """
-        best: tuple[int, str] | None = None
         for agent_id, rec in self._peers.items():
             if rec.pubkey is None or rec.source in USER_SOURCES or rec.is_verified:
                 continue
-            if keep(agent_id):
-                continue
-            if not rec.proven:
+            if rec.proven or (rec.proven is None and (rec.last_seen or rec.ts_accepted)):
+                continue  # (None: pinned before acp kept `proven`, and it had a session)
+            if not keep(agent_id):
                 return agent_id
-            rank = (rec.last_seen or 0, agent_id)
-            if best is None or rank < best:
-                best = rank
-        return best[1] if best is not None else None
+        return None
 
     def forget(self, agent_id: str) -> bool:
         rec = self._peers.pop(agent_id, None)

@@ -95,6 +95,10 @@ class Hooks:
                     "pipx install 'acp-daemon[hooks]' (or: pipx inject acp-daemon httpx)"
                 ) from None
         self.hooks = {s.name: Hook(s, s.secrets(self.env), Counters()) for s in specs}
+        # exec children read what peers wrote: they get the daemon's environment without the
+        # variables any hook takes a secret from
+        secret_names = set().union(*(s.env_names() for s in specs))
+        self.child_env = {k: v for k, v in self.env.items() if k not in secret_names}
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -176,6 +180,8 @@ class Hooks:
     async def _run(self, hook: Hook, run: Run) -> None:
         items = [self.node.local.get(p.seq) for p in run.items]
         newest = next((i for i in reversed(items) if i is not None), None)
+        if newest is not None:
+            run.handed_over = newest.seq
         if newest is None:  # every one was read since it was taken: nothing to hand over
             hook.schedule.abandon(run)
             hook.poke()
@@ -183,8 +189,9 @@ class Hooks:
         try:
             result = await self.call(hook, newest, len(run.items))
         except Exception as exc:  # a bug here must not take the daemon down
-            log.exception("hook %s: run failed", hook.spec.name)
-            result = transport.Result(schedule.RETRY, error=f"internal error: {exc!r}")
+            log.error("hook %s: run failed: %s", hook.spec.name, type(exc).__name__)
+            error = f"internal error: {type(exc).__name__}"  # (a repr may quote a secret)
+            result = transport.Result(schedule.GIVE_UP, error=error)
         self._finished(hook, run, result)
         hook.poke()
 
@@ -204,7 +211,7 @@ class Hooks:
                 "ACP_SEQ": str(item.seq),
                 "ACP_COALESCED": str(count),
             }
-            env = transport.exec_env(self.env, extra)
+            env = transport.exec_env(self.child_env, extra)
             return await transport.run_exec(spec, transport.body_json(obj) + b"\n", env)
         if spec.type == "openclaw":
             body = transport.body_json(self._openclaw_body(spec, item, obj, count))
@@ -252,8 +259,8 @@ class Hooks:
         rows: list[store.HookRow] = []
         if result.outcome == schedule.OK:
             rows = [store.HookRow(p.seq, "done", p.attempts, None) for p in run.items]
-            if spec.ack:
-                self.node.ack(None, None, self._acked, seqs=[p.seq for p in run.items])
+            if spec.ack:  # what was handed over: a coalesced run's others stay unread to read
+                self.node.ack(None, None, self._acked, seqs=[run.handed_over])
             if was != schedule.STATE_OK:
                 log.info("hook %s: working again", spec.name)
         elif result.outcome == schedule.RETRY:
@@ -338,8 +345,9 @@ class Hooks:
         try:
             result = await self.call(hook, item, 1)
         except Exception as exc:
-            log.exception("hook %s: test failed", name)
-            result = transport.Result(schedule.RETRY, error=f"internal error: {exc!r}")
+            log.error("hook %s: test failed: %s", name, type(exc).__name__)
+            error = f"internal error: {type(exc).__name__}"
+            result = transport.Result(schedule.GIVE_UP, error=error)
         log.info(
             "hook %s: test %s",
             name,

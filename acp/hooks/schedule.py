@@ -62,6 +62,7 @@ class Run:
 
     items: list[Pending]
     started: float
+    handed_over: int = 0  # the seq of the item the run hands over (the newest still unread)
 
     @property
     def newest(self) -> Pending:
@@ -122,9 +123,6 @@ class Schedule:
 
     def __len__(self) -> int:
         return self._count
-
-    def __contains__(self, seq: int) -> bool:
-        return any(seq in items for items in self._pending.values())
 
     # -- what it owes ----------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ MAX_HOOKS = 32
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_HEADER_VALUE = re.compile(r"[!-~]([ -~]*[!-~])?\Z")  # visible ASCII, inner spaces only
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # an HTTP token (RFC 9110)
 _RESERVED_HEADERS = {"content-type", "content-length", "idempotency-key", "host"}
 
@@ -121,9 +122,17 @@ class HookSpec:
         if self.token_env is not None:
             out["Authorization"] = "Bearer " + fill(f"${{env:{self.token_env}}}", "token_env")
         for name, value in out.items():
-            if "\r" in value or "\n" in value:
-                raise ConfigError(f"hook {self.name!r}: header {name} holds a line break")
+            if not _HEADER_VALUE.match(value):
+                raise ConfigError(
+                    f"hook {self.name!r}: header {name}: the value (from the environment) must "
+                    "be visible ASCII with no space at either end"
+                )
         return out
+
+    def env_names(self) -> set[str]:
+        """The environment variables this hook's secrets come from (kept from exec children)."""
+        names = {m.group(1) for _, value in self.headers for m in _ENV_REF.finditer(value)}
+        return names | ({self.token_env} if self.token_env else set())
 
 
 def parse_hooks(raw: object, path: str) -> tuple[HookSpec, ...]:
@@ -227,6 +236,10 @@ def _parse_one(data: object, where: str) -> HookSpec:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{where}: url must be an http:// or https:// URL with a host")
+    try:
+        parts.port  # noqa: B018  (it checks the port: 0..65535, digits)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: url: {exc}") from None
     if "${" in url:
         raise ConfigError(f"{where}: url cannot name environment variables; use headers")
     fields["url"] = url

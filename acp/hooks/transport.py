@@ -8,9 +8,11 @@ schedule applies. ``httpx`` is imported here, and only when an HTTP hook first r
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import time
@@ -64,7 +66,7 @@ def retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -98,7 +100,7 @@ async def run_http(
     sent = {
         **headers,
         "Content-Type": "application/json",
-        "Idempotency-Key": msg_id,
+        "Idempotency-Key": idempotency_key(msg_id),
         "User-Agent": USER_AGENT,
     }
     start = time.monotonic()
@@ -124,13 +126,37 @@ async def run_http(
         except httpx.TimeoutException:
             pass  # reported below, as the timeout it is
         except (httpx.HTTPError, OSError) as exc:
-            return Result(schedule.RETRY, None, time.monotonic() - start, "", _http_error(exc))
+            error = _http_error(exc, headers)
+            return Result(schedule.RETRY, None, time.monotonic() - start, "", error)
+        except (ValueError, UnicodeError) as exc:  # the request itself cannot be made
+            error = f"cannot make the request: {type(exc).__name__}"
+            return Result(schedule.GIVE_UP, None, time.monotonic() - start, "", error)
     return Result(
         schedule.RETRY, None, time.monotonic() - start, "", f"no answer within {spec.timeout:g} s"
     )
 
 
-def _http_error(exc: BaseException) -> str:
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,200}\Z")
+
+
+def idempotency_key(msg_id: str) -> str:
+    """The envelope's id if it is a plain HTTP token (acp's are UUIDs); a peer may choose any
+    1-256 characters, so anything else becomes ``sha256:<hex>`` of it: stable and header-safe."""
+    if _TOKEN.match(msg_id):
+        return msg_id
+    return "sha256:" + hashlib.sha256(msg_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def scrub(text: str, headers: dict[str, str]) -> str:
+    """``text`` with every header value (the secrets among them) replaced by ``***``."""
+    for value in headers.values():
+        for part in (value, *value.split()):  # "Bearer TOKEN": the token alone too
+            if len(part) >= 8:
+                text = text.replace(part, "***")
+    return text
+
+
+def _http_error(exc: BaseException, headers: dict[str, str]) -> str:
     """What went wrong, in a line; the request's headers (secrets) are never part of it."""
     import httpx
 
@@ -141,7 +167,7 @@ def _http_error(exc: BaseException) -> str:
     else:
         what = type(exc).__name__
     text = str(exc) or type(exc).__name__
-    return one_line(f"{what}: {text}", 300)
+    return one_line(scrub(f"{what}: {text}", headers), 300)
 
 
 async def run_exec(spec: HookSpec, stdin: bytes, env: dict[str, str]) -> Result:

@@ -152,6 +152,7 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
     if pin:
         _make_room_for_a_pin(node, hello.agent_id)
         node.store.pin(hello.agent_id, key)
+        node.store.update(hello.agent_id, proven=False)  # until a session of it lasts
         # one line per source per minute: a host that invents identities must not flood the log
         emit, held_back = node.log_limiter.allow(("pinned", source_of(host or "?")))
         if emit:
@@ -192,9 +193,9 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
 
 
 def _make_room_for_a_pin(node: Node, agent_id: str) -> None:
-    """Keep pinned keys under ``max_pins``: drop the least valuable tofu pin, or refuse this one."""
-    if len(node.store) < node.config.max_pins:
-        return
+    """Keep pinned keys under ``max_pins``: drop an unproven tofu pin, or refuse this one."""
+    if len(node.store) < node.config.max_pins or node.store.pinned() < node.config.max_pins:
+        return  # (the first test is free: fewer records than the cap, so room for sure)
 
     def keep(other: str) -> bool:
         peer = node.peer(other)
@@ -204,7 +205,8 @@ def _make_room_for_a_pin(node: Node, agent_id: str) -> None:
     if victim is None:
         raise hs.Refused(
             hs.TOO_MANY,
-            f"{len(node.store)} keys pinned (max_pins) and none can make room for {agent_id!r}",
+            f"{node.config.max_pins} keys pinned (max_pins), none of them an unproven first "
+            f"contact that could make room for {agent_id!r}",
         )
     node.unpin(victim, "pruned: max_pins reached")
 

@@ -28,7 +28,7 @@ import trio
 from acp import __version__, store
 from acp.errors import AlreadyRunning, ConfigError, EnvelopeError, IpcError
 from acp.model import check_agent_id, decode_key, encode_key
-from acp.net.node import Node, Ticket
+from acp.net.node import BLOCKED, Node, Ticket
 from acp.net.peer import Peer
 from acp.proto import envelope as envelope_mod
 from acp.proto import ipc
@@ -603,6 +603,8 @@ class IpcServer:
         agent_id = r.args["agent_id"]
         if agent_id == node.agent_id:
             raise IpcError(ipc.BAD_REQUEST, "that is this daemon's own agent_id")
+        if agent_id in node.store.blocked:
+            raise IpcError(BLOCKED, f"{agent_id!r} is blocked: `acp unblock {agent_id}` first")
         key = decode_key(r.args["pubkey"], what="pubkey")
         if not usable_public_key(key):
             raise IpcError(
@@ -696,10 +698,7 @@ class IpcServer:
     def cmd_forget(self, conn: IpcConn, r: ipc.Request, nursery: trio.Nursery) -> dict[str, Any]:
         node = self.node
         agent_id = r.args["agent_id"]
-        peer = node.remove_peer(agent_id, "forgotten")
-        known = node.store.forget(agent_id)
-        if peer is None and not known:
+        if node.peer(agent_id) is None and node.store.get(agent_id) is None:
             raise IpcError(ipc.UNKNOWN_PEER, f"no peer {agent_id!r} is known")
-        node.save_peers()
-        log.info("peer %s: forgotten by the user", agent_id)
+        node.unpin(agent_id, "forgotten")
         return ipc.ok_reply(r.req, agent_id=agent_id, forgotten=True)

@@ -167,6 +167,9 @@ class Node:
         if message not in self.warnings:
             self.warnings.append(message)
             del self.warnings[:-MAX_WARNINGS]
+            kept = set(self.warnings)
+            for k in [k for k, m in self._warning_keys.items() if m not in kept]:
+                del self._warning_keys[k]
 
     def key_conflict(self, agent_id: str, presented: bytes, held: bytes, host: str | None) -> None:
         """A handshake claimed ``agent_id`` with another key than the pinned one: say what it
@@ -174,10 +177,10 @@ class Node:
         self.warn(
             f"a handshake as {agent_id!r} from {host or '?'} presented key "
             f"{fingerprint(presented)}, not the pinned {fingerprint(held)}, and was refused. If "
-            f"{agent_id} was reinstalled or got a new key, check `acp id` there and run "
-            f"`acp trust {agent_id} {encode_key(presented)}`; if not, someone else uses that "
-            "agent_id (default agent_ids are host names): keep refusing it, and have the real "
-            "one keep its key",
+            f"{agent_id} was reinstalled or got a new key, and only if `acp id` on it shows "
+            f"fingerprint {fingerprint(presented)}, run `acp trust {agent_id} "
+            f"{encode_key(presented)}`; otherwise someone else uses that agent_id (default "
+            "agent_ids are host names): nothing to do, it stays refused",
             key=("key_conflict", agent_id),
         )
 
@@ -200,7 +203,9 @@ class Node:
         self.remove_peer(agent_id, reason)
         if self.store.forget(agent_id):
             self.stats.inc("pins_dropped")
-            emit, held_back = self.log_limiter.allow(("pin dropped", reason))
+            # the cap's prunes come in floods; the user's own (forget, block) are each logged
+            key = reason if reason.startswith("pruned") else agent_id
+            emit, held_back = self.log_limiter.allow(("pin dropped", key))
             if emit:
                 log.info("peer %s: pin dropped (%s)%s", agent_id, reason, held_note(held_back))
         self.save_peers()
@@ -733,7 +738,7 @@ class Node:
                     f"more): run `acp verify {agent_id}` again once a new session is up",
                 )
             self.store.update(agent_id, verified=key)
-            self.db.submit(store.save_peers(self.store.changes()), done)
+            self.db.submit(store.save_peers(self.store.changes(), self.store.table_changes()), done)
             log.info("peer %s: key %s verified by the user", agent_id, fingerprint(key))
         return {
             "agent_id": agent_id,

@@ -183,6 +183,7 @@ class PeerManager:
         if rec is None or rec.pubkey is None:
             assert peer.pubkey is not None
             node.store.pin(peer.agent_id, peer.pubkey)  # tofu: the handshake proved the key
+            node.store.update(peer.agent_id, proven=False)  # until a session of it lasts
             log.info(
                 "peer %s: pinned its key %s (trust = %s)",
                 peer.agent_id,

@@ -81,8 +81,8 @@ def hello_payload(agent_id: str, ts: int, port: int | None) -> bytes:
 def parse_hello(data: bytes) -> Hello:
     obj = _loads_object(data, "message 1")
     ts = obj.get("ts")
-    if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
-        raise Refused(BAD_PAYLOAD, "message 1 payload has no valid ts")
+    if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts < 2**63:
+        raise Refused(BAD_PAYLOAD, "message 1 payload has no valid ts (0 <= ts < 2^63)")
     port = obj.get("port")
     if not (isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535):
         port = None  # optional: an unusable port is ignored, not fatal

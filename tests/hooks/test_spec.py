@@ -53,7 +53,7 @@ def test_secrets_come_from_the_environment_and_a_missing_one_is_named() -> None:
     assert oc.secrets({"OC_TOKEN": "t"}) == {"Authorization": "Bearer t"}
     with pytest.raises(ConfigError, match="OC_TOKEN"):
         oc.secrets({})
-    with pytest.raises(ConfigError, match="line break"):
+    with pytest.raises(ConfigError, match="visible ASCII"):
         oc.secrets({"OC_TOKEN": "t\r\nX-Evil: 1"})
 
 
@@ -98,3 +98,20 @@ def test_names_are_unique_and_hooks_must_be_tables(tmp_path: Path) -> None:
         Config.from_toml({"hooks": {"name": "h"}}, home=tmp_path, agent_id="a")
     config = Config.from_toml({"hooks": twice[:1]}, home=tmp_path, agent_id="a")
     assert [h.name for h in config.hooks] == ["h"]
+
+
+def test_secret_values_must_be_header_safe_and_are_never_quoted() -> None:
+    h = one(name="web", type="http", url="http://x/", headers={"Authorization": "${env:T}"})
+    for bad in ("tok ", " tok", "tøk", "t\tk"):
+        with pytest.raises(ConfigError, match="visible ASCII") as err:
+            h.secrets({"T": bad})
+        assert bad not in str(err.value)
+    assert h.secrets({"T": "Bearer a b"}) == {"Authorization": "Bearer a b"}
+    assert h.env_names() == {"T"}
+    assert one(name="o", type="openclaw", token_env="OC").env_names() == {"OC"}
+
+
+@pytest.mark.parametrize("url", ["http://h:abc/", "http://h:99999/"])
+def test_a_bad_port_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="url"):
+        one(name="h", type="http", url=url)

@@ -199,3 +199,33 @@ async def test_exec_that_ignores_stdin_and_floods_output_is_fine(tmp_path: Path)
     hook = spec(type="exec", argv=[sys.executable, prog])
     result = await transport.run_exec(hook, b"z" * 300_000, dict(os.environ))
     assert result.outcome == schedule.OK and len(result.detail) <= 300
+
+
+def test_idempotency_keys_are_header_safe_whatever_the_peer_chose() -> None:
+    assert transport.idempotency_key("5fc85a12-416f-4cd5-b1f5-e8cd54608d14") == (
+        "5fc85a12-416f-4cd5-b1f5-e8cd54608d14"
+    )
+    for odd in ("a b", "ü", "x\r\nX-Evil: 1", " lead", "\ud800"):
+        key = transport.idempotency_key(odd)
+        assert key.startswith("sha256:") and len(key) == 71
+        assert transport.idempotency_key(odd) == key  # stable: the receiver can dedupe on it
+
+
+def test_errors_never_carry_a_header_value() -> None:
+    headers = {"Authorization": "Bearer s3cr3t-t0ken", "X-Key": "abcdefgh1234"}
+    text = "Illegal header value b'Bearer s3cr3t-t0ken ' and abcdefgh1234"
+    scrubbed = transport.scrub(text, headers)
+    assert "s3cr3t" not in scrubbed and "abcdefgh1234" not in scrubbed
+
+
+def test_retry_after_ignores_unicode_digits() -> None:
+    assert transport.retry_after("²", time.time()) is None
+    assert transport.retry_after(" 12 ", time.time()) == 12.0
+
+
+async def test_an_id_that_is_no_header_still_goes_out(server: Server) -> None:
+    hook = spec(type="http", url=f"http://127.0.0.1:{server.port}/")
+    async with transport.new_http_client() as client:
+        result = await transport.run_http(hook, client, {}, b"{}", "naïve id\n")
+    assert result.outcome == schedule.OK
+    assert server.seen[0][1]["Idempotency-Key"].startswith("sha256:")

@@ -275,3 +275,19 @@ async def test_a_chatty_peer_gets_at_most_max_per_minute_runs_and_loses_nothing(
     assert covered == 1000 and report["delivered"] == 1000 and report["pending"] == 0
     assert report["coalesced"] == 1000 - len(times) and len(times) <= 30
     assert node.local.unread_count == 1000  # ack = false: all still there for the agent
+
+
+async def test_exec_children_do_not_inherit_the_hooks_secrets(tmp_path: Path) -> None:
+    node = make_node(
+        tmp_path,
+        "alpha",
+        hooks=[
+            {"name": "oc", "type": "openclaw", "token_env": "OC_TOKEN"},
+            {"name": "web", "type": "http", "url": "http://x/", "headers": {"A": "${env:WEB}"}},
+            {"name": "run", "type": "exec", "argv": ["true"]},
+        ],
+    )
+    env = {"OC_TOKEN": "secret-1", "WEB": "secret-2", "PATH": "/usr/bin", "HOME": "/home/u"}
+    hooks = Hooks(node, node.config.hooks, env)
+    assert hooks.child_env == {"PATH": "/usr/bin", "HOME": "/home/u"}
+    assert hooks.hooks["web"].headers == {"A": "secret-2"}

@@ -168,3 +168,43 @@ async def test_a_squatter_or_a_changed_key_is_explained_in_status(
     [warning] = beta.warnings  # one per agent_id, however often it tries
     assert "'alpha' from 198.51.100.1" in warning
     assert f"acp trust alpha {encode_key(other.public_key)}" in warning
+
+
+async def test_a_flood_cannot_push_out_a_peer_that_proved_itself(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Otherwise a flood could drop an offline peer's pin, then claim its agent_id with its own
+    key (tofu). Proven pins, and pins from before acp kept `proven` that had a session, stay;
+    when only such pins are left, strangers are refused instead."""
+    beta = make_node(tmp_path, "beta", max_pins=3)
+    assert await dial(beta, "friend")
+    beta.store.update("friend", proven=True)
+    beta.store.pin("old-timer", os.urandom(32))
+    beta.store.update("old-timer", ts_accepted=5)  # (proven unknown: pinned by an older acp)
+    assert await dial(beta, "fake0")
+    assert await dial(beta, "fake1")  # fake0 makes room
+    beta.store.update("fake1", proven=True)  # it held a session for 5 s
+    assert not await dial(beta, "fake2")
+    assert beta.stats["handshakes_refused.too_many_peers"] == 1
+    assert {"friend", "old-timer", "fake1"} == {a for a in beta.store}
+    assert not await dial(beta, "friend", os.urandom(32), ts=10**6)  # still its pin: key_mismatch
+
+
+async def test_a_ts_past_2_63_is_refused_and_trust_respects_a_block(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    from netkit import FakeConn
+
+    from acp.net.ipc_server import IpcServer
+    from acp.proto import ipc
+
+    beta = make_node(tmp_path, "beta")
+    assert not await dial(beta, "alpha", ts=2**64)  # would overflow SQLite's INTEGER as a floor
+    assert beta.stats["handshakes_refused.bad_payload"] == 1
+    beta.block("mallory")
+    server = IpcServer(beta)
+    key = encode_key(RawPeer("x", Link(CLIENT, ADDR["beta"]).client).public_key)
+    request = ipc.Request("trust", {"agent_id": "mallory", "pubkey": key})
+    with pytest.raises(IpcError) as err:
+        server.dispatch(FakeConn(), request, nursery)  # type: ignore[arg-type]
+    assert err.value.code == "blocked"
