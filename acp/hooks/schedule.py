@@ -118,6 +118,7 @@ class Schedule:
         self.running = 0
         self.failing = 0  # consecutive failed runs
         self.gate = 0.0  # no run starts before this (the hook's own backoff)
+        self.waiting_until: float | None = None  # what the last take() said to wait for
         self._windows: dict[str | None, deque[float]] = {}
         self._limited: set[str | None] = set()
 
@@ -170,9 +171,11 @@ class Schedule:
 
     def take(self, now: float) -> Run | float | None:
         """The run to start now; else the time to ask again (None: when something changes)."""
+        self.waiting_until = None
         if self.running >= self.concurrency or not self._count:
             return None
         if now < self.gate:
+            self.waiting_until = self.gate
             return self.gate
         best: tuple[int, str | None, Pending] | None = None
         wake: float | None = None
@@ -188,6 +191,7 @@ class Schedule:
                     continue
             wake = at if wake is None else min(wake, at)
         if best is None:
+            self.waiting_until = wake
             return wake
         _, sender, first = best
         items = self._pending[sender]
@@ -285,7 +289,8 @@ class Schedule:
         return backoff.delay(attempt, cap=self.backoff_max, jitter=JITTER, rng=self._rng)
 
     def next_try(self, now: float) -> float | None:
-        """Seconds until the next retry, while retrying."""
-        if self.counters.state != STATE_RETRYING or not self._count:
+        """Seconds until the next run of what is pending waits for (a retry's backoff, the
+        coalescing time, a sender's per-minute limit); None if nothing waits for a time."""
+        if not self._count or self.waiting_until is None:
             return None
-        return max(0.0, self.gate - now)
+        return max(0.0, self.waiting_until - now)

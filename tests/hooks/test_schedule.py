@@ -186,3 +186,17 @@ def test_retried_items_keep_seq_order() -> None:
     s.add(item(2, at=1.0))
     s.finished(run, RETRY, 1.0)
     assert taken(s, 5.0) == [1, 2]
+
+
+def test_next_try_says_what_pending_items_wait_for() -> None:
+    s = Schedule(max_per_minute=1, concurrency=5, rng=lambda: 0.5)
+    assert s.next_try(0.0) is None
+    s.add(item(1))
+    s.add(item(2))
+    assert taken(s, 0.0) == [1]
+    assert s.take(10.0) == WINDOW and s.next_try(10.0) == WINDOW - 10  # the sender's limit
+    run = s.take(WINDOW)
+    assert isinstance(run, Run)
+    s.add(item(3, at=WINDOW))
+    s.finished(run, RETRY, WINDOW)
+    assert s.take(WINDOW) == pytest.approx(WINDOW + 1) and s.next_try(WINDOW) == pytest.approx(1)
