@@ -18,6 +18,14 @@ queue without yielding, and each writer sends everything already queued (up to 2
 ``send_all``. Without it the "limit" is no limit for throughput: per-frame wake-ups dominate, and
 acp, which batches, outruns it with small envelopes.
 
+``--durable`` (target ``limit-durable``, always with ``--batch``) adds what acp's durable store
+must do and nothing more: each relay stores every envelope it forwards in SQLite (WAL,
+``synchronous=NORMAL`` as acp's default ``durability``), one commit for everything one read
+produced: the sending relay before it queues the envelopes for the peer and replies to the client,
+the receiving relay before it pushes them. It commits on the event loop's own thread, because
+that is the fastest shape plain Python has (acp hands its commits to a thread of its own, so
+that a slow disk never stalls its sessions; that hand-off is part of what this target measures).
+
 It speaks just the subset of acp's IPC (docs/protocol.md §8) the benchmark
 client uses, so the same client drives both:
 
@@ -39,6 +47,7 @@ import contextlib
 import json
 import os
 import secrets
+import sqlite3
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -98,10 +107,18 @@ def error_line(code: str, message: str, req: Any) -> bytes:
 class Relay:
     """One end of the chain: IPC clients on a Unix socket, one encrypted TCP stream to the peer."""
 
-    def __init__(self, send_key: bytes, recv_key: bytes, *, batch: bool = False) -> None:
+    def __init__(
+        self,
+        send_key: bytes,
+        recv_key: bytes,
+        *,
+        batch: bool = False,
+        db: sqlite3.Connection | None = None,
+    ) -> None:
         self.send_key = send_key
         self.recv_key = recv_key
         self.batch = batch  # --batch: one send_all for everything already queued
+        self.db = db  # --durable: every envelope stored (and committed) before it moves on
         self.to_peer_send, self.to_peer_recv = trio.open_memory_channel[bytes](QUEUE_DEPTH)
         self.subscribers: set[trio.MemorySendChannel[bytes]] = set()
         self.connected = False  # the TCP stream to the peer is up
@@ -150,6 +167,7 @@ class Relay:
         while data := await stream.receive_some(RECEIVE_BYTES):
             buf += data
             pos = 0
+            lines = []
             while len(buf) - pos >= 4:
                 n = int.from_bytes(buf[pos : pos + 4], "big")
                 if not 1 <= n <= MAX_FRAME:
@@ -162,13 +180,17 @@ class Relay:
                     ciphertext, None, nonce(counter), self.recv_key
                 )
                 counter += 1
+                lines.append(plaintext)
+            del buf[:pos]
+            if self.db is not None and lines:  # stored, in one commit, before anyone sees them
+                store(self.db, "inbox", lines)
+            for plaintext in lines:
                 line = b'{"inbound":true,"envelope":' + plaintext + b"}\n"
                 for sub in list(self.subscribers):
                     try:
                         await self._put(sub, line)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         self.subscribers.discard(sub)
-            del buf[:pos]
 
     # -- IPC side: per client, a reader (this task) and a writer ----------------------------
     async def serve_client(self, stream: trio.SocketStream) -> None:
@@ -200,18 +222,30 @@ class Relay:
                 buf += data
                 begin = 0
                 end = buf.find(b"\n", start)
+                sends: list[tuple[bytes, bytes]] = []  # --durable: (wire, reply) of this read
                 while end >= 0:
-                    await self._request(bytes(buf[begin:end]), out)
+                    await self._request(bytes(buf[begin:end]), out, sends)
                     begin = end + 1
                     end = buf.find(b"\n", begin)
                 del buf[:begin]
+                if sends:  # stored in one commit, then sent on and answered
+                    assert self.db is not None
+                    store(self.db, "outbox", [wire for wire, _ in sends])
+                    for wire, reply in sends:
+                        await self._put(self.to_peer_send, wire)
+                        await self._put(out, reply)
                 if len(buf) > MAX_LINE:
                     await out.send(error_line("line_too_long", f"line over {MAX_LINE} bytes", None))
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    async def _request(self, line: bytes, out: trio.MemorySendChannel[bytes]) -> None:
+    async def _request(
+        self,
+        line: bytes,
+        out: trio.MemorySendChannel[bytes],
+        sends: list[tuple[bytes, bytes]],
+    ) -> None:
         try:
             obj = json.loads(line)
         except ValueError as exc:
@@ -236,8 +270,11 @@ class Relay:
             if len(wire) > MAX_ENVELOPE:
                 await out.send(error_line("too_large", f"over {MAX_ENVELOPE} bytes", req))
                 return
-            await self._put(self.to_peer_send, wire)
             reply["msg_id"] = envelope["id"]
+            if self.db is not None:
+                sends.append((wire, encode(reply)))
+                return
+            await self._put(self.to_peer_send, wire)
             await self._put(out, encode(reply))
         elif cmd == "subscribe":
             await out.send(encode(reply))  # queued before the first push
@@ -250,6 +287,26 @@ class Relay:
             await out.send(encode(reply))
         else:
             await out.send(error_line("unknown_command", f"unknown command {cmd!r}", req))
+
+
+def open_store(path: Path) -> sqlite3.Connection:
+    """The relay's database: WAL, synchronous=NORMAL (acp's default durability)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE outbox (row INTEGER PRIMARY KEY, wire BLOB NOT NULL)")
+    db.execute("CREATE TABLE inbox (seq INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+    return db
+
+
+def store(db: sqlite3.Connection, table: str, rows: list[bytes]) -> None:
+    """One transaction for ``rows``, committed before the caller moves on (on this thread)."""
+    db.execute("BEGIN IMMEDIATE")
+    db.executemany(f"INSERT INTO {table} (body) VALUES (?)" if table == "inbox"
+                   else "INSERT INTO outbox (wire) VALUES (?)", [(r,) for r in rows])  # fmt: skip
+    db.execute("COMMIT")
 
 
 async def _unix_listener(path: Path) -> trio.SocketListener:
@@ -272,7 +329,13 @@ async def _dial(host: str, port: int) -> trio.SocketStream:
 
 
 async def run_relay(args: argparse.Namespace) -> None:
-    relay = Relay(bytes.fromhex(args.send_key), bytes.fromhex(args.recv_key), batch=args.batch)
+    db = open_store(Path(args.sock + ".db")) if args.durable else None
+    relay = Relay(
+        bytes.fromhex(args.send_key),
+        bytes.fromhex(args.recv_key),
+        batch=args.batch or args.durable,
+        db=db,
+    )
     if len(relay.send_key) != KEY_LEN or len(relay.recv_key) != KEY_LEN:
         raise SystemExit(f"keys must be {KEY_LEN} bytes ({2 * KEY_LEN} hex digits)")
     ipc = await _unix_listener(Path(args.sock))
@@ -298,12 +361,14 @@ async def run_relay(args: argparse.Namespace) -> None:
 class LimitTarget:
     """The baseline: pairs of ``limit.py relay`` processes; python itself for the floors.
 
-    ``batch=True`` is target ``limit-batch``: relays run with ``--batch``.
+    ``batch=True`` is target ``limit-batch``: relays run with ``--batch``; ``durable=True`` is
+    ``limit-durable``: ``--durable`` (which batches too).
     """
 
-    def __init__(self, *, batch: bool = False) -> None:
+    def __init__(self, *, batch: bool = False, durable: bool = False) -> None:
         self.batch = batch
-        self.name = "limit-batch" if batch else "limit"
+        self.durable = durable
+        self.name = "limit-durable" if durable else "limit-batch" if batch else "limit"
 
     def unavailable(self) -> str | None:
         return None
@@ -311,7 +376,7 @@ class LimitTarget:
     def relay_argv(self, sock: Path, side: list[str], send_key: str, recv_key: str) -> list[str]:
         argv = [sys.executable, str(HERE), "relay", "--sock", str(sock), *side]
         argv += ["--send-key", send_key, "--recv-key", recv_key]
-        return argv + (["--batch"] if self.batch else [])
+        return argv + (["--durable"] if self.durable else ["--batch"] if self.batch else [])
 
     @asynccontextmanager
     async def open_pairs(
@@ -386,6 +451,11 @@ def main(argv: list[str] | None = None) -> None:
         "--batch",
         action="store_true",
         help="write everything already queued (frames, or lines to a client) in one send_all",
+    )
+    relay.add_argument(
+        "--durable",
+        action="store_true",
+        help="store every envelope in SQLite (<sock>.db, WAL) before it moves on (implies --batch)",
     )
     args = parser.parse_args(argv)
     trio.run(run_relay, args)

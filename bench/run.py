@@ -67,7 +67,7 @@ from limit import LimitTarget
 GROUPS = ("latency", "throughput", "netns", "coldstart", "startup", "rss", "idlecpu", "discovery")
 NETNS_ENV = "ACP_BENCH_NETNS"  # set by bench/run inside its network namespace
 MANY_PAIRS = 4
-TWINS = {"limit-batch": "limit"}  # a target whose figures equal another's in some groups
+TWINS = {"limit-batch": "limit", "limit-durable": "limit"}  # a target whose figures equal another's in some groups
 
 
 @attrs.frozen
@@ -213,6 +213,7 @@ PARTS: dict[str, list[Part]] = {
 TARGETS: dict[str, Callable[[], Target]] = {
     "limit": LimitTarget,
     "limit-batch": lambda: LimitTarget(batch=True),
+    "limit-durable": lambda: LimitTarget(durable=True),
     "acp": AcpTarget,
     "acp-before": AcpBaselineTarget,
 }
