@@ -149,8 +149,13 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
         raise hs.Refused(
             hs.TOO_MANY, f"{cap} sessions up (max_sessions): no room for a new peer"
         )
+    if (pin or rec is None or rec.pubkey is None) and not node.make_room_for_pin(hello.agent_id):
+        raise hs.Refused(
+            hs.TOO_MANY,
+            f"{node.config.max_pins} keys pinned (max_pins), none of them an unproven first "
+            f"contact that could make room for {hello.agent_id!r}",
+        )
     if pin:
-        _make_room_for_a_pin(node, hello.agent_id)
         node.store.pin(hello.agent_id, key)
         node.store.update(hello.agent_id, proven=False)  # until a session of it lasts
         # one line per source per minute: a host that invents identities must not flood the log
@@ -165,6 +170,7 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
     elif rec is None or rec.pubkey is None:
         # a key held but not pinned (mDNS): pin it, or the ts_accepted below is ignored next time
         node.store.pin(hello.agent_id, key)
+        node.store.update(hello.agent_id, proven=False)
     node.store.update(hello.agent_id, ts_accepted=hello.ts)
     if hello.port is not None and host is not None:
         node.store.update(hello.agent_id, host=host, port=hello.port)
@@ -190,25 +196,6 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
         outbound=False,
         remote_key=key,
     )
-
-
-def _make_room_for_a_pin(node: Node, agent_id: str) -> None:
-    """Keep pinned keys under ``max_pins``: drop an unproven tofu pin, or refuse this one."""
-    if len(node.store) < node.config.max_pins or node.store.pinned() < node.config.max_pins:
-        return  # (the first test is free: fewer records than the cap, so room for sure)
-
-    def keep(other: str) -> bool:
-        peer = node.peer(other)
-        return other == agent_id or (peer is not None and (peer.connected or len(peer.outbox) > 0))
-
-    victim = node.store.tofu_victim(keep)
-    if victim is None:
-        raise hs.Refused(
-            hs.TOO_MANY,
-            f"{node.config.max_pins} keys pinned (max_pins), none of them an unproven first "
-            f"contact that could make room for {agent_id!r}",
-        )
-    node.unpin(victim, "pruned: max_pins reached")
 
 
 def _remote_host(stream: trio.abc.Stream) -> str | None:

@@ -187,6 +187,23 @@ class Node:
     def sessions_up(self) -> int:
         return sum(1 for p in self.peers.values() if p.connected)
 
+    def make_room_for_pin(self, agent_id: str) -> bool:
+        """Keep pinned keys under ``max_pins`` before ``agent_id`` is pinned on first contact:
+        drop an unproven tofu pin if needed; False if none can go (refuse the newcomer)."""
+        cap = self.config.max_pins
+        if len(self.store) < cap or self.store.pinned() < cap:
+            return True  # (the first test is free: fewer records than the cap, so room for sure)
+
+        def keep(other: str) -> bool:
+            peer = self.peers.get(other)
+            return other == agent_id or (peer is not None and (peer.connected or len(peer.outbox) > 0))
+
+        victim = self.store.tofu_victim(keep)
+        if victim is None:
+            return False
+        self.unpin(victim, "pruned: max_pins reached")
+        return True
+
     def block(self, agent_id: str) -> bool:
         """`acp block`: drop the peer and its pin, and refuse it from now on (also after a
         restart, and under tofu). False if it was blocked already."""

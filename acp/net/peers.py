@@ -178,8 +178,18 @@ class PeerManager:
                 node.on_dial_failed(peer)
             log.info("peer %s: dial %s:%s failed: %s", peer.agent_id, host, port, why)
             return False
-        node.stats.inc("sessions_outbound")
         rec = node.store.get(peer.agent_id)
+        if (rec is None or rec.pubkey is None) and not node.make_room_for_pin(peer.agent_id):
+            peer.last_error = (
+                f"not pinned: {node.config.max_pins} keys are pinned (max_pins) and none is an "
+                "unproven first contact that could make room; `acp forget` some, or raise max_pins"
+            )
+            node.stats.inc("handshakes_refused.too_many_peers")
+            log.warning("peer %s: %s", peer.agent_id, peer.last_error)
+            with trio.CancelScope(shield=True):
+                await session.stream.aclose()
+            return False
+        node.stats.inc("sessions_outbound")
         if rec is None or rec.pubkey is None:
             assert peer.pubkey is not None
             node.store.pin(peer.agent_id, peer.pubkey)  # tofu: the handshake proved the key

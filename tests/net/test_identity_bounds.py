@@ -208,3 +208,20 @@ async def test_a_ts_past_2_63_is_refused_and_trust_respects_a_block(
     with pytest.raises(IpcError) as err:
         server.dispatch(FakeConn(), request, nursery)  # type: ignore[arg-type]
     assert err.value.code == "blocked"
+
+
+async def test_a_key_announced_by_mdns_is_held_to_the_pin_cap_too(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """An mDNS announcement puts a key in the peer table without pinning it; a handshake with that
+    key then pins it: without the cap there, announcing first would be a way around it."""
+    beta = make_node(tmp_path, "beta", max_pins=1)
+    assert await dial(beta, "friend")
+    beta.store.update("friend", proven=True)
+    ghost = RawPeer("ghost", Link(CLIENT, ADDR["beta"]).client)
+    beta.discovered("ghost", ghost.public_key, "192.0.2.5", 7100, boot=None)
+    assert beta.peers["ghost"].pubkey == ghost.public_key and beta.store.get("ghost") is None
+    assert not await dial(beta, "ghost", ghost.private_key)
+    assert beta.stats["handshakes_refused.too_many_peers"] == 1
+    assert beta.store.pinned() == 1
+    assert not beta.make_room_for_pin("another")  # the dialling side asks the same question
