@@ -153,9 +153,7 @@ class Hooks:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            for hook in self.hooks.values():
-                if hook.spec.is_http:
-                    hook.client = transport.new_http_client()
+            for hook in self.hooks.values():  # (an HTTP hook's client is made at its first run)
                 nursery.start_soon(self._loop, hook)
             task_status.started()
 
@@ -180,12 +178,11 @@ class Hooks:
     async def _run(self, hook: Hook, run: Run) -> None:
         items = [self.node.local.get(p.seq) for p in run.items]
         newest = next((i for i in reversed(items) if i is not None), None)
-        if newest is not None:
-            run.handed_over = newest.seq
         if newest is None:  # every one was read since it was taken: nothing to hand over
             hook.schedule.abandon(run)
             hook.poke()
             return
+        run.handed_over = newest.seq
         try:
             result = await self.call(hook, newest, len(run.items))
         except Exception as exc:  # a bug here must not take the daemon down

@@ -13,7 +13,6 @@ import time
 import trio
 
 from acp.errors import FrameError, HandshakeError
-from acp.net.lograte import held_note
 from acp.net.node import Node
 from acp.net.peer import Peer, Session, set_keepalive
 from acp.proto import handshake as hs
@@ -122,7 +121,8 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
     held = peer.pubkey if peer is not None and peer.pubkey is not None else None
     if held is None and rec is not None:
         held = rec.pubkey
-    if slot is not None and held is not None and key == held:
+    known = held is not None and key == held  # the key pinned (or announced) for that agent_id
+    if slot is not None and known:
         slot.known = True
     if peer is not None and peer.key_changed is not None and key == peer.key_changed:
         raise hs.Refused(
@@ -143,7 +143,6 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
         if exc.reason == hs.KEY_MISMATCH and held is not None:
             node.key_conflict(hello.agent_id, key, held, host)
         raise
-    known = held is not None and key == held
     cap = node.config.max_sessions
     if not known and len(node.peers) >= cap and node.sessions_up() >= cap:
         raise hs.Refused(
@@ -159,14 +158,14 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
         node.store.pin(hello.agent_id, key)
         node.store.update(hello.agent_id, proven=False)  # until a session of it lasts
         # one line per source per minute: a host that invents identities must not flood the log
-        emit, held_back = node.log_limiter.allow(("pinned", source_of(host or "?")))
-        if emit:
-            log.info(
-                "peer %s: pinned its key on first contact (trust = %s)%s",
-                hello.agent_id,
-                node.config.trust,
-                held_note(held_back),
-            )
+        node.log_limiter.log(
+            log,
+            logging.INFO,
+            ("pinned", source_of(host or "?")),
+            "peer %s: pinned its key on first contact (trust = %s)",
+            hello.agent_id,
+            node.config.trust,
+        )
     elif rec is None or rec.pubkey is None:
         # a key held but not pinned (mDNS): pin it, or the ts_accepted below is ignored next time
         node.store.pin(hello.agent_id, key)

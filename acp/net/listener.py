@@ -14,7 +14,6 @@ import trio
 
 from acp.errors import ConfigError, HandshakeError, ProtocolError
 from acp.net import handshake
-from acp.net.lograte import held_note
 from acp.net.node import Node
 from acp.proto import handshake as hs
 from acp.proto.admission import source_of
@@ -56,9 +55,7 @@ async def serve(
 
 def _note(node: Node, level: int, source: str, kind: str, msg: str, *args: object) -> None:
     """Log what a remote side caused: one line per source and kind per minute (lograte.py)."""
-    emit, held = node.log_limiter.allow((source, kind))
-    if emit and log.isEnabledFor(level):
-        log.log(level, msg + held_note(held), *args)
+    node.log_limiter.log(log, level, (source, kind), msg, *args)
 
 
 async def _handle(node: Node, stream: trio.SocketStream) -> None:

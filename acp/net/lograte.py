@@ -8,6 +8,7 @@ The table of keys is bounded, so a flood from many sources cannot grow it either
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
@@ -37,6 +38,14 @@ class LogLimiter:
         while len(self._keys) > self.max_keys:
             self._keys.popitem(last=False)
         return True, held
+
+    def log(
+        self, logger: logging.Logger, level: int, key: Hashable, msg: str, *args: object
+    ) -> None:
+        """``logger.log(level, msg, *args)`` if ``key`` may log now, with the count held back."""
+        emit, held = self.allow(key)
+        if emit and logger.isEnabledFor(level):
+            logger.log(level, msg + held_note(held), *args)
 
 
 def held_note(held: int) -> str:

@@ -24,7 +24,7 @@ from acp.config import Config
 from acp.errors import IpcError
 from acp.identity import Identity
 from acp.model import Ack, Envelope, encode_key, fingerprint
-from acp.net.lograte import LogLimiter, held_note
+from acp.net.lograte import LogLimiter
 from acp.net.peer import BACKOFF, KEY_CHANGED, REFUSED, Peer
 from acp.net.stats import Stats
 from acp.proto import handshake as hs
@@ -222,9 +222,9 @@ class Node:
             self.stats.inc("pins_dropped")
             # the cap's prunes come in floods; the user's own (forget, block) are each logged
             key = reason if reason.startswith("pruned") else agent_id
-            emit, held_back = self.log_limiter.allow(("pin dropped", key))
-            if emit:
-                log.info("peer %s: pin dropped (%s)%s", agent_id, reason, held_note(held_back))
+            self.log_limiter.log(
+                log, logging.INFO, ("pin dropped", key), "peer %s: pin dropped (%s)", agent_id, reason
+            )
         self.save_peers()
 
     def _sessions_changed(self) -> None:
