@@ -39,7 +39,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 import trio
@@ -47,6 +47,9 @@ import trio
 from acp.config import DURABILITY
 from acp.errors import ConfigError
 from acp.model import decode_key, encode_key, is_agent_id
+
+if TYPE_CHECKING:
+    from acp.net.eager import EagerWrites
 
 log = logging.getLogger(__name__)
 
@@ -416,6 +419,10 @@ class Database:
         self._token: Any = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        # the node's EagerWrites (acp/net/eager.py): entered around each group of callbacks, and
+        # jobs submitted inside one of its blocks reach the thread after that block's writes
+        self.defer: EagerWrites | None = None
+        self._held: list[_Job[Any]] | None = None
         self.commits = 0  # transactions committed (how well jobs are grouped)
         self.jobs = 0
 
@@ -458,7 +465,18 @@ class Database:
             return
         if self._thread is None:
             self._start()
-        self._queue.put(_Job(fn, done))
+        job = _Job(fn, done)
+        if self._held is not None:  # (also while the writes run: the order is kept)
+            self._held.append(job)
+        elif self.defer is not None and self.defer.after_writes(self._release):
+            self._held = [job]
+        else:
+            self._queue.put(job)
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._queue.put(held)  # one wake-up of the thread for all of them
 
     def _start(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -498,7 +516,7 @@ class Database:
             item = self._queue.get()
             if item is _STOP:
                 break
-            batch: list[_Job[Any]] = [item]
+            batch: list[_Job[Any]] = item if isinstance(item, list) else [item]
             while len(batch) < MAX_BATCH:
                 try:
                     item = self._queue.get_nowait()
@@ -507,7 +525,10 @@ class Database:
                 if item is _STOP:
                     stop = True
                     break
-                batch.append(item)
+                if isinstance(item, list):
+                    batch.extend(item)
+                else:
+                    batch.append(item)
             results = self._run_batch(batch)
             self._post(batch, results)
         if self._conn is not None:
@@ -605,9 +626,16 @@ class Database:
         if not calls:
             return
         try:
-            self._token.run_sync_soon(_deliver, calls)
+            self._token.run_sync_soon(self._callbacks, calls)
         except RuntimeError:  # trio.RunFinishedError: nobody is left to tell
             pass
+
+    def _callbacks(self, calls: list[tuple[Callable[[Any], None], Any]]) -> None:
+        if self.defer is None:
+            _deliver(calls)
+            return
+        with self.defer:
+            _deliver(calls)
 
     # -- jobs (run in the store thread) ------------------------------------------------------
 
@@ -831,7 +859,9 @@ class HookState:
     rows: list[HookRow]
 
 
-def open_hooks(names: list[str], last_seq: int) -> Callable[[sqlite3.Connection], dict[str, HookState]]:
+def open_hooks(
+    names: list[str], last_seq: int
+) -> Callable[[sqlite3.Connection], dict[str, HookState]]:
     """Each configured hook's state; a new hook starts at ``last_seq``. Hooks no longer
     configured are forgotten."""
 

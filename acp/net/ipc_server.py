@@ -28,6 +28,7 @@ import trio
 from acp import __version__, store
 from acp.errors import AlreadyRunning, ConfigError, EnvelopeError, IpcError
 from acp.model import check_agent_id, decode_key, encode_key
+from acp.net.eager import EagerWrites, socket_of, write_some
 from acp.net.node import BLOCKED, Node, Ticket
 from acp.net.peer import Peer
 from acp.proto import envelope as envelope_mod
@@ -61,6 +62,9 @@ class IpcConn:
     drained: trio.Event | None = None  # set by the writer when ``out`` empties (flush)
     eof: bool = False  # the client closed its side
     writing: bool = False  # inside send_all: the stream is mid-line if that is cancelled
+    head: int = 0  # bytes of the first line in ``out`` an eager write sent already
+    eager: EagerWrites | None = None  # the node's (acp/net/eager.py); None: always the writer
+    eager_noted: bool = False
     live_lines: int = 0  # live pushes queued, which is what a slow subscriber is judged by
     live_bytes: int = 0
 
@@ -74,7 +78,10 @@ class IpcConn:
         if self.closed:
             return
         self.out.append((seq, line))
-        self.wake.set()
+        if self.eager is not None:
+            self.eager.want(self)
+        else:
+            self.wake.set()
         if seq is not None:
             # Bounded in lines and in bytes (64 KiB envelopes add up).
             self.live_lines += 1
@@ -85,29 +92,67 @@ class IpcConn:
                 self.overflowed = True
                 self.scope.cancel()
 
+    @property
+    def mid_line(self) -> bool:
+        """The client has part of a line: nothing else may be written before its rest."""
+        return self.writing or self.head > 0
+
+    def kick(self) -> None:
+        self.wake.set()
+
+    def _batch(self) -> bytes:
+        """The next write: queued lines (the rest of the first) up to WRITE_BATCH bytes."""
+        out = self.out
+        first = out[0][1]
+        if len(out) == 1 or len(first) - self.head >= WRITE_BATCH:
+            return first[self.head :] if self.head else first
+        batch = [first[self.head :] if self.head else first]
+        size = len(batch[0])
+        for i in range(1, len(out)):
+            line = out[i][1]
+            batch.append(line)
+            size += len(line)
+            if size >= WRITE_BATCH:
+                break
+        return b"".join(batch)
+
+    def _sent(self, count: int) -> None:
+        """``count`` bytes of ``_batch()`` were written: drop the lines they finished."""
+        out = self.out
+        count += self.head
+        while out and count >= len(out[0][1]):
+            seq, line = out.popleft()
+            count -= len(line)
+            if seq is not None:
+                self.live_lines -= 1
+                self.live_bytes -= len(line)
+        self.head = count
+        if not out and self.drained is not None:
+            self.drained.set()
+        if self.catching_up and not self.backlogged and self.on_drained is not None:
+            self.on_drained(self)
+
+    def write_now(self) -> None:
+        """The eager write (acp/net/eager.py): what the socket takes now; the rest by the writer."""
+        sock = socket_of(self.stream)
+        if self.closed or self.writing or not self.out or sock is None:
+            if self.out:
+                self.wake.set()
+            return
+        data = self._batch()
+        self._sent(write_some(sock.fileno(), data))
+        if self.out:
+            self.wake.set()
+
     async def writer(self) -> None:
         out = self.out
         while True:
             if out:
-                batch = []
-                size = 0
-                for _, line in out:
-                    batch.append(line)
-                    size += len(line)
-                    if size >= WRITE_BATCH:
-                        break
+                data = self._batch()
                 self.writing = True
-                await self.stream.send_all(b"".join(batch) if len(batch) > 1 else batch[0])
+                await self.stream.send_all(data)
                 self.writing = False
-                for _ in range(len(batch)):
-                    seq, line = out.popleft()
-                    if seq is not None:
-                        self.live_lines -= 1
-                        self.live_bytes -= len(line)
-                if not out and self.drained is not None:
-                    self.drained.set()
-                if self.catching_up and not self.backlogged and self.on_drained is not None:
-                    self.on_drained(self)
+                self._sent(len(data))
             else:
                 await self.wake.wait()
                 self.wake = trio.Event()
@@ -239,7 +284,7 @@ class IpcServer:
         if len(node.conns) >= MAX_CLIENTS:
             await _refuse(stream, "busy", f"{MAX_CLIENTS} clients connected already")
             return
-        conn = IpcConn(stream, on_drained=node.catch_up)
+        conn = IpcConn(stream, on_drained=node.catch_up, eager=node.eager)
         node.conns.add(conn)
         try:
             with conn.scope:
@@ -264,7 +309,7 @@ class IpcServer:
             if conn.overflowed:
                 node.stats.inc("ipc_slow_clients")
                 log.warning("IPC subscriber too slow (%d lines behind): disconnected", MAX_BACKLOG)
-            if conn.overflowed and not conn.writing:  # mid-line, an event would corrupt the stream
+            if conn.overflowed and not conn.mid_line:  # mid-line, an event would corrupt the stream
                 with trio.CancelScope(shield=True), trio.move_on_after(0.2):
                     try:
                         await stream.send_all(
@@ -292,22 +337,23 @@ class IpcServer:
                 if conn.subscribed:
                     conn.scope.cancel()
                 return
-            for item in buf.feed(data):
-                if isinstance(item, IpcError):
-                    conn.send(ipc.error_reply(item.code, item.message))
-                    continue
-                try:
-                    request = ipc.parse_request(item)
-                    reply = self.dispatch(conn, request, nursery)
-                except IpcError as exc:
-                    conn.send(ipc.error_reply(exc.code, exc.message, exc.req))
-                    continue
-                except Exception as exc:  # a bug must not take the daemon down
-                    log.exception("IPC request failed")
-                    conn.send(ipc.error_reply("internal", f"internal error: {exc!r}"))
-                    continue
-                if reply is not None:
-                    conn.send(reply)
+            with self.node.eager:  # replies, and frames to peers, in one write each after it
+                for item in buf.feed(data):
+                    if isinstance(item, IpcError):
+                        conn.send(ipc.error_reply(item.code, item.message))
+                        continue
+                    try:
+                        request = ipc.parse_request(item)
+                        reply = self.dispatch(conn, request, nursery)
+                    except IpcError as exc:
+                        conn.send(ipc.error_reply(exc.code, exc.message, exc.req))
+                        continue
+                    except Exception as exc:  # a bug must not take the daemon down
+                        log.exception("IPC request failed")
+                        conn.send(ipc.error_reply("internal", f"internal error: {exc!r}"))
+                        continue
+                    if reply is not None:
+                        conn.send(reply)
 
     # -- commands ----------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from acp.config import Config
 from acp.errors import IpcError
 from acp.identity import Identity
 from acp.model import Ack, Envelope, encode_key, fingerprint
+from acp.net.eager import EagerWrites
 from acp.net.lograte import LogLimiter
 from acp.net.peer import BACKOFF, KEY_CHANGED, REFUSED, Peer
 from acp.net.stats import Stats
@@ -85,6 +86,8 @@ class Node:
         self.config = config
         self.identity = identity
         self.db = db
+        self.eager = EagerWrites()  # writes made at the end of a read (acp/net/eager.py)
+        db.defer = self.eager
         self.store = peers if peers is not None else PeerStore()
         self.agent_id = config.agent_id
         self.stats = Stats()
@@ -196,7 +199,9 @@ class Node:
 
         def keep(other: str) -> bool:
             peer = self.peers.get(other)
-            return other == agent_id or (peer is not None and (peer.connected or len(peer.outbox) > 0))
+            return other == agent_id or (
+                peer is not None and (peer.connected or len(peer.outbox) > 0)
+            )
 
         victim = self.store.tofu_victim(keep)
         if victim is None:
@@ -223,7 +228,12 @@ class Node:
             # the cap's prunes come in floods; the user's own (forget, block) are each logged
             key = reason if reason.startswith("pruned") else agent_id
             self.log_limiter.log(
-                log, logging.INFO, ("pin dropped", key), "peer %s: pin dropped (%s)", agent_id, reason
+                log,
+                logging.INFO,
+                ("pin dropped", key),
+                "peer %s: pin dropped (%s)",
+                agent_id,
+                reason,
             )
         self.save_peers()
 
@@ -883,4 +893,3 @@ def _item(r: store.InboxRow) -> Item:
 
 class AckSink(Protocol):
     def send_ack(self, ack: Ack) -> None: ...
-

@@ -24,6 +24,7 @@ import trio
 
 from acp.errors import EnvelopeError, ProtocolError
 from acp.model import Ack, Envelope, encode_key, fingerprint
+from acp.net.eager import EagerWrites, socket_of, write_some
 from acp.proto import envelope as envelope_mod
 from acp.proto import session as frames
 from acp.proto.card import AgentCard
@@ -47,6 +48,10 @@ class SessionHost(Protocol):
 
     @property
     def peers(self) -> Mapping[str, Peer]: ...
+
+    @property
+    def eager(self) -> EagerWrites:
+        """Where a session notes that it has frames to send (acp/net/eager.py)."""
 
     @property
     def card_frame(self) -> bytes | None:
@@ -128,7 +133,10 @@ class Session:
     started: float = 0.0
     end_reason: str = ""
     bye_reason: str | None = None
-    mid_write: bool = False  # the writer is inside send_all (a BYE must not follow a cut write)
+    writing: bool = False  # the writer task is inside send_all
+    pending: bytes = b""  # the rest of an eager write the socket did not take (the writer's next)
+    pending_owed: int = 0  # control bytes in ``pending``
+    eager_noted: bool = False
     _pings: dict[bytes, float] = attrs.field(factory=dict)
     # the peer's static key, as this session's handshake proved it (what `acp verify` confirms)
     remote_key: bytes | None = attrs.field(default=None, repr=False)
@@ -141,12 +149,21 @@ class Session:
     def active(self) -> bool:
         return self.peer.active is self
 
+    @property
+    def mid_write(self) -> bool:
+        """Frames are encrypted and not all written: a BYE must not follow (its nonce would be
+        one the peer does not expect yet, or it would follow a partial frame)."""
+        return self.writing or bool(self.pending)
+
+    def kick(self) -> None:
+        self.wake.set()
+
     def queue_control(self, plaintext: bytes) -> None:
         """Queue a frame for the writer (from the reader); ProtocolError past CONTROL_BYTES."""
         if not self._owe(plaintext):
             # A peer that sends but never reads would grow this for ever (ACKs and PONGs owed).
             raise ProtocolError(f"peer does not read: {CONTROL_OWED}")
-        self.wake.set()
+        self.node.eager.want(self)
 
     def _owe(self, plaintext: bytes) -> bool:
         """Append to ``control`` unless that takes it past CONTROL_BYTES."""
@@ -176,7 +193,7 @@ class Session:
             )
             self.close("peer does not read", bye=CONTROL_OWED)
             return
-        self.wake.set()
+        self.node.eager.want(self)
 
     def _still_known(self) -> bool:
         """False if the peer was forgotten (or dropped) while this session was being set up."""
@@ -250,40 +267,71 @@ class Session:
 
     # -- tasks -------------------------------------------------------------------------------------
 
+    def _collect(self) -> tuple[bytes, int]:
+        """Encrypt what is queued (control frames first, then a batch of the outbox) into one
+        buffer; also the control bytes it holds, which stay owed until it is sent."""
+        keys = self.keys
+        chunks: list[bytes] = []
+        control = self.control
+        owed = self.control_bytes  # counted until sent: a peer that does not read holds it
+        while control:
+            chunks.append(_frame(keys, control.popleft()))
+        if self.confirmed and self.peer.active is self:
+            batch = self.peer.outbox.take_batch(BATCH_BYTES, trio.current_time())
+            for entry in batch:
+                chunks.append(_frame(keys, b"\x01" + entry.wire))
+            if batch:
+                self.node.stats.inc("envelopes_sent", len(batch))
+        return (b"".join(chunks) if len(chunks) > 1 else chunks[0] if chunks else b""), owed
+
+    def _sent(self, count: int, owed: int) -> None:
+        self.control_bytes -= owed
+        self.last_sent = trio.current_time()
+        self.node.stats.inc("bytes_sent", count)
+
+    def write_now(self) -> None:
+        """The eager write (acp/net/eager.py): what is queued, without waiting for the socket."""
+        sock = socket_of(self.stream)
+        if self.writing or self.pending or self.end_reason or sock is None:
+            self.wake.set()  # the writer task's: it is sending, or this is no socket (tests)
+            return
+        data, owed = self._collect()
+        if not data:
+            return
+        # Encrypted: from here the bytes must go out in order, whole, before anything else.
+        n = write_some(sock.fileno(), data)
+        if n < len(data):
+            self.pending, self.pending_owed = data[n:], owed
+            self.wake.set()
+        else:
+            self._sent(n, owed)
+
     async def _writer(self) -> None:
-        keys, outbox, stream = self.keys, self.peer.outbox, self.stream
-        stats = self.node.stats
+        stream = self.stream
         while True:
-            chunks: list[bytes] = []
-            control = self.control
-            owed = self.control_bytes  # counted until sent: a peer that does not read holds it
-            while control:
-                chunks.append(_frame(keys, control.popleft()))
-            if self.confirmed and self.peer.active is self:
-                batch = outbox.take_batch(BATCH_BYTES, trio.current_time())
-                for entry in batch:
-                    chunks.append(_frame(keys, b"\x01" + entry.wire))
-                if batch:
-                    stats.inc("envelopes_sent", len(batch))
-            if chunks:
-                data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+            if self.pending:
+                data, owed = self.pending, self.pending_owed
+            else:
+                data, owed = self._collect()
+            if data:
                 # Encrypted already (the nonces moved): if this is cancelled, the stream may end
                 # mid-frame, or without frames the peer's nonces count on, so no BYE may follow.
-                self.mid_write = True
+                self.writing = True
+                self.pending, self.pending_owed = b"", 0
                 await stream.send_all(data)
-                self.mid_write = False
-                self.control_bytes -= owed
-                self.last_sent = trio.current_time()
-                stats.inc("bytes_sent", len(data))
+                self.writing = False
+                self._sent(len(data), owed)
             else:
                 await self.wake.wait()
                 self.wake = trio.Event()
 
     async def _reader(self) -> None:
         decoder, recv, stream = self.decoder, self.keys.recv, self.stream
+        eager = self.node.eager
         while True:
-            while (body := decoder.next_frame()) is not None:
-                self._handle(recv.decrypt(body))
+            with eager:  # ACKs and PONGs for what this read brought go out in one write after it
+                while (body := decoder.next_frame()) is not None:
+                    self._handle(recv.decrypt(body))
             data = await stream.receive_some(RECV_SIZE)
             if not data:
                 raise SessionEnded("peer closed the connection")
@@ -427,8 +475,9 @@ class Peer:
         return self.active is not None
 
     def wake_writer(self) -> None:
-        if self.active is not None:
-            self.active.wake.set()
+        session = self.active
+        if session is not None:
+            session.node.eager.want(session)
 
     def offer(self, session: Session) -> bool:
         """docs/protocol.md §4: decide whether ``session`` becomes the active one."""
