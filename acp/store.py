@@ -402,6 +402,16 @@ class _Job(Generic[R]):
 _STOP = object()
 
 
+class _HandOver(trio.abc.Instrument):
+    """``Database.hand_over_when_idle``: queued jobs go to the thread before trio waits for I/O."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.db._hand_over()
+
+
 class StoreError(Exception):
     """A job failed because the database could not be written (disk full, I/O error)."""
 
@@ -419,10 +429,10 @@ class Database:
         self._token: Any = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
-        # the node's EagerWrites (acp/net/eager.py): entered around each group of callbacks, and
-        # jobs submitted inside one of its blocks reach the thread after that block's writes
-        self.defer: EagerWrites | None = None
-        self._held: list[_Job[Any]] | None = None
+        # entered around each group of callbacks: the node's EagerWrites (acp/net/eager.py)
+        self.callbacks_in: EagerWrites | None = None
+        self._held: list[_Job[Any]] | None = None  # jobs for the thread once trio goes idle
+        self._idle: _HandOver | None = None
         self.commits = 0  # transactions committed (how well jobs are grouped)
         self.jobs = 0
 
@@ -465,17 +475,30 @@ class Database:
             return
         if self._thread is None:
             self._start()
-        job = _Job(fn, done)
-        if self._held is not None:  # (also while the writes run: the order is kept)
-            self._held.append(job)
-        elif self.defer is not None and self.defer.after_writes(self._release):
-            self._held = [job]
+        if self._held is not None:
+            self._held.append(_Job(fn, done))
         else:
-            self._queue.put(job)
+            self._queue.put(_Job(fn, done))
 
-    def _release(self) -> None:
-        held, self._held = self._held, None
+    def hand_over_when_idle(self) -> None:
+        """From now on, jobs reach the thread when trio's loop is about to wait for I/O, all of
+        that loop iteration's in one queue item, instead of one by one as they are submitted.
+
+        Why: the thread, once woken, takes the GIL the next time the loop lets go of it, which is
+        at every socket call and every PyNaCl call: a job handed over mid-iteration made the
+        writes that follow it (the frame to the peer) wait for the thread's Python code. Just
+        before ``epoll_wait`` the loop has nothing left to do, so the thread runs at once and the
+        loop loses nothing. A trio instrument (``before_io_wait``) is that moment.
+        """
+        if self._idle is None:
+            self._held = []
+            self._idle = _HandOver(self)
+            trio.lowlevel.add_instrument(self._idle)
+
+    def _hand_over(self) -> None:
+        held = self._held
         if held:
+            self._held = []
             self._queue.put(held)  # one wake-up of the thread for all of them
 
     def _start(self) -> None:
@@ -502,6 +525,13 @@ class Database:
     async def close(self) -> None:
         """Finish every queued job, then stop the thread."""
         self._closed = True
+        if self._idle is not None:
+            self._hand_over()
+            self._held, idle, self._idle = None, self._idle, None
+            try:
+                trio.lowlevel.remove_instrument(idle)
+            except (KeyError, RuntimeError):  # removed already (trio drops one that raised)
+                pass
         if self._thread is None:
             return
         self._queue.put(_STOP)
@@ -631,10 +661,10 @@ class Database:
             pass
 
     def _callbacks(self, calls: list[tuple[Callable[[Any], None], Any]]) -> None:
-        if self.defer is None:
+        if self.callbacks_in is None:
             _deliver(calls)
             return
-        with self.defer:
+        with self.callbacks_in:
             _deliver(calls)
 
     # -- jobs (run in the store thread) ------------------------------------------------------

@@ -12,16 +12,11 @@ everything it has queued, right there. What the socket does not take (or all of 
 writer task is inside ``send_all``) is left for the writer task, which is woken as before. Outside
 such a block ``want`` wakes the writer task at once, as before. What is queued while one read is
 handled still goes out in one write, so throughput keeps its batches.
-
-The store's jobs queued inside a block are handed to its thread after the writes
-(``after_writes``): that thread, once woken, takes the GIL whenever the loop releases it (every
-socket call and every PyNaCl call does), and the frame to the peer would wait for it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any, Protocol
 
 
@@ -38,18 +33,11 @@ class EagerWriter(Protocol):
 class EagerWrites:
     """The writers with something queued since the outermost ``with`` began (one per daemon)."""
 
-    __slots__ = ("_after", "_depth", "_noted")
+    __slots__ = ("_depth", "_noted")
 
     def __init__(self) -> None:
         self._depth = 0
         self._noted: list[EagerWriter] = []
-        self._after: list[Callable[[], None]] = []
-
-    def after_writes(self, fn: Callable[[], None]) -> bool:
-        """Inside a block: run ``fn`` once its writes are made (and return True); else False."""
-        if self._depth:
-            self._after.append(fn)
-        return bool(self._depth)
 
     def want(self, writer: EagerWriter) -> None:
         """``writer`` has something to send: at the end of this block, or now by its task."""
@@ -70,9 +58,6 @@ class EagerWrites:
                 for writer in noted:
                     writer.eager_noted = False
                     writer.write_now()
-            after, self._after = self._after, []
-            for fn in after:
-                fn()
 
 
 def socket_of(stream: object) -> Any:

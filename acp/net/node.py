@@ -87,7 +87,8 @@ class Node:
         self.identity = identity
         self.db = db
         self.eager = EagerWrites()  # writes made at the end of a read (acp/net/eager.py)
-        db.defer = self.eager
+        db.callbacks_in = self.eager
+        db.hand_over_when_idle()
         self.store = peers if peers is not None else PeerStore()
         self.agent_id = config.agent_id
         self.stats = Stats()

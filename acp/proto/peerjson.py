@@ -36,7 +36,7 @@ def loads(data: bytes) -> tuple[Any, bytes]:
     UnicodeDecodeError, another ValueError or RecursionError for what is not JSON at all.
     """
     text = data.decode("utf-8")
-    value = json.loads(text, parse_constant=_no_constant)
+    value = _STRICT.decode(text)
     try:
         compact = _COMPACT.encode(value).encode("utf-8")
     except UnicodeEncodeError:  # raw UTF-8 cannot carry a surrogate: it came from a \u escape
@@ -44,7 +44,7 @@ def loads(data: bytes) -> tuple[Any, bytes]:
     except ValueError:  # allow_nan=False: a float that is infinite after parsing (1e400)
         raise NotStrictJSON("a number out of range (Infinity)") from None
     if compact != data:  # not the bytes of a serialised object: it may hide a duplicated key
-        json.loads(text, object_pairs_hook=_no_duplicates)
+        _NO_DUPLICATES.decode(text)
     return value, compact
 
 
@@ -58,3 +58,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> float:
     raise NotStrictJSON(f"{name} is not JSON")
+
+
+# Built once, like _COMPACT: json.loads with keyword arguments builds a decoder on every call.
+_STRICT = json.JSONDecoder(parse_constant=_no_constant)
+_NO_DUPLICATES = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_no_duplicates)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import trio
@@ -49,10 +50,8 @@ def test_outside_a_block_the_task_is_woken_and_inside_each_writer_writes_once_at
         with eager:  # nested: only the outermost block writes
             eager.want(b)
             eager.want(a)
-            assert eager.after_writes(lambda: log.append("after"))
         assert log == []
-    assert log == ["write a", "write b", "after"]
-    assert not eager.after_writes(lambda: None)  # outside a block: nothing is deferred
+    assert log == ["write a", "write b"]
 
 
 def _socket_pair(sndbuf: int | None = None) -> tuple[trio.SocketStream, socket.socket]:
@@ -164,33 +163,20 @@ async def test_ipc_lines_written_in_part_reach_the_client_whole_and_in_order() -
     assert conn.live_lines == 0 and conn.live_bytes == 0 and conn.head == 0
 
 
-async def test_store_jobs_of_a_block_reach_the_thread_after_its_writes_in_order(
+async def test_store_jobs_reach_the_thread_when_the_loop_goes_idle_in_order(
     tmp_path: Path,
 ) -> None:
     db = Database(tmp_path / "acp.db")
     await db.open()
-    eager = EagerWrites()
-    db.defer = eager
+    db.hand_over_when_idle()
     order: list[str] = []
     done = trio.Event()
-
-    class Late:
-        eager_noted = False
-
-        def write_now(self) -> None:
-            order.append("write")
-            db.submit(lambda conn: order.append("job during the writes"))  # e.g. a catch-up page
-
-        def kick(self) -> None:  # pragma: no cover - only inside a block here
-            raise AssertionError
-
-    with eager:
-        db.submit(lambda conn: order.append("job 1"))
-        eager.want(Late())
-        db.submit(lambda conn: order.append("job 2"), lambda _: done.set())
-        await trio.sleep(0.05)  # the thread is idle: nothing was handed to it yet
-        assert order == []
-    await done.wait()
-    await db.call(lambda conn: None)
-    assert order == ["write", "job 1", "job 2", "job during the writes"]
-    await db.close()
+    db.submit(lambda conn: order.append("job 1"))
+    db.submit(lambda conn: order.append("job 2"), lambda _: done.set())
+    time.sleep(0.05)  # noqa: ASYNC251 - the loop is busy, so the thread has nothing yet
+    assert order == []
+    await done.wait()  # the loop waits: both go, in order
+    assert order == ["job 1", "job 2"]
+    db.submit(lambda conn: order.append("job 3"))
+    await db.close()  # hands over what is held, then stops
+    assert order == ["job 1", "job 2", "job 3"]
