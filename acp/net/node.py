@@ -604,14 +604,15 @@ class Node:
             else:
                 self.db.submit(store.nothing, lambda _: session.send_ack(Ack(env.id, True)))
             return
-        refused = self._refusing.get(session)
+        refused = self._refusing.get(session) if self._refusing else None
         if refused is not None and env.id != refused[0] and now - refused[1] < HOLD_ORDER:
             # Per-peer order (§7): once one envelope of this session was refused for a full
             # inbox, the ones behind it wait too, until the refused one is offered again.
             self.stats.inc("inbox_full")
             session.send_ack(Ack(env.id, False, "inbox_full"))
             return
-        self._refusing.pop(session, None)
+        if self._refusing:
+            self._refusing.pop(session, None)
         error = self.local.admit(env.from_)
         if error is not None:
             self._refusing[session] = (env.id, now)
@@ -690,7 +691,16 @@ class Node:
         self, item: Item, then: Callable[[bool], None], skip: object | None = None
     ) -> None:
         """Insert an inbox item; once committed, push it to subscribers, then ``then(ok)``."""
-        row = store.InboxRow(*attrs.astuple(item, recurse=False))  # the same fields, in order
+        row = store.InboxRow(
+            item.seq,
+            item.sender,
+            item.msg_id,
+            item.kind,
+            item.received,
+            item.trust,
+            item.body,
+            item.read,
+        )
 
         def done(result: object) -> None:
             if isinstance(result, BaseException):

@@ -210,10 +210,15 @@ class LineBuffer:
                 self._buf.clear()
                 out.append(IpcError(LINE_TOO_LONG, f"request line is over {self.limit} bytes"))
             else:
-                self._buf += piece
-                line = bytes(self._buf).rstrip(b"\r")
-                self._buf.clear()
-                if line.strip():
+                if self._buf:  # the line began in an earlier read
+                    self._buf += piece
+                    line = bytes(self._buf)
+                    self._buf.clear()
+                else:
+                    line = piece
+                if line.endswith(b"\r"):
+                    line = line.rstrip(b"\r")
+                if line and not line.isspace():
                     out.append(line)
             start = nl + 1
         rest = data[start:]
