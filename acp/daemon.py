@@ -28,7 +28,7 @@ from acp.config import Config, ensure_home
 from acp.identity import load_identity
 from acp.net import listener, stats
 from acp.net.ipc_server import DaemonLock, IpcServer, open_ipc_listener
-from acp.net.node import Node
+from acp.net.node import OUTBOX_WRITE_DELAY, Node
 from acp.net.peers import PeerManager
 from acp.store import DB_NAME, LEGACY_PEERS, Database
 
@@ -131,6 +131,8 @@ async def run_daemon(
 
                     await nursery.start(discovery.run, node)
                 nursery.start_soon(_expiry, node)
+                node.outbox_write_delay = OUTBOX_WRITE_DELAY
+                nursery.start_soon(node.write_outbox_rows_when_due)
                 nursery.start_soon(_housekeeping, node)
                 if hooks is not None:
                     await nursery.start(hooks.run)
