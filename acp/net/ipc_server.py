@@ -11,7 +11,6 @@ pushes consume nothing (docs/protocol.md §8.1), so it resumes with ``subscribe`
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -70,6 +69,10 @@ class IpcConn:
 
     def send(self, obj: dict[str, Any]) -> None:
         self._queue(None, ipc.encode(obj))
+
+    def send_line(self, line: bytes) -> None:
+        """A reply already encoded (one line, with its newline)."""
+        self._queue(None, line)
 
     def push_inbound(self, line: bytes, seq: int) -> None:
         self._queue(seq, line)
@@ -426,13 +429,11 @@ class IpcServer:
             failed = ipc.error_reply(result["error"], result["message"], r.req)
             failed["msg_id"] = ticket.msg_id
             conn.send(failed)
-        elif ticket.response is not None:
-            response = json.loads(ticket.response)["envelope"]
-            conn.send(
-                ipc.ok_reply(
-                    r.req, msg_id=ticket.msg_id, to=ticket.to, state="answered", response=response
-                )
+        elif ticket.response is not None:  # the envelope's JSON as stored: spliced, not re-encoded
+            line = ipc.encode(
+                ipc.ok_reply(r.req, msg_id=ticket.msg_id, to=ticket.to, state="answered")
             )
+            conn.send_line(line[:-2] + b',"response":' + ticket.response + b"}\n")
         elif ticket.wait == "acked" and result.get("acked"):
             conn.send(ipc.ok_reply(r.req, msg_id=ticket.msg_id, to=ticket.to, state="acked"))
         else:

@@ -64,7 +64,7 @@ class Ticket:
     wait: str = "accepted"
     done: trio.Event | None = None
     result: dict[str, Any] | None = None  # {"acked": True} | {"error": code, "message": ...}
-    response: bytes | None = None  # the inbound response line, for wait=response
+    response: bytes | None = None  # the inbound response envelope's JSON, for wait=response
 
     waiting: bool = False  # a client is waiting on ``done`` right now
 
@@ -725,7 +725,7 @@ class Node:
                     s.send_ack(Ack(env.id, False, "inbox_full"))
                 return
             if ticket is not None:
-                ticket.response = item.push_line()
+                ticket.response = body
                 if ticket.done is not None:
                     ticket.done.set()
             self._remember_inbound(env.id, env.from_)
