@@ -16,8 +16,11 @@ handled still goes out in one write, so throughput keeps its batches.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 
 class EagerWriter(Protocol):
@@ -57,7 +60,12 @@ class EagerWrites:
                 noted, self._noted = self._noted, []
                 for writer in noted:
                     writer.eager_noted = False
-                    writer.write_now()
+                for writer in noted:
+                    try:
+                        writer.write_now()
+                    except Exception:  # a bug here must not end the read (or the daemon)
+                        log.exception("eager write failed; left to the writer task")
+                        writer.kick()
 
 
 def socket_of(stream: object) -> Any:

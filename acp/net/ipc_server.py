@@ -296,7 +296,9 @@ class IpcServer:
                     async with trio.open_nursery() as inner:
                         inner.start_soon(self._reader, conn, inner)
                     # The client closed its side: replies that wait for a commit (send, ack)
-                    # are sent from store callbacks, all of which run before this one's.
+                    # are sent from store callbacks, all of which run before this one's; outbox
+                    # rows still waiting for an ACK (acp/net/node.py) are written first.
+                    node.write_outbox_rows()
                     try:
                         await node.db.call(store.nothing)
                     except store.StoreError:
@@ -493,22 +495,27 @@ class IpcServer:
                 "outbox_full", f"outbox full for {', '.join(full)}: nothing sent; try again later"
             )
         failed: list[BaseException] = []
+        owed = len(connected)
 
-        def stored(result: object) -> None:
-            if isinstance(result, BaseException):
-                failed.append(result)
-
-        for agent_id in connected:
-            env, wire = envelope_mod.complete(obj, own_id=node.agent_id, to=agent_id, now_ms=now_ms)
-            node.route(env, wire, Ticket(conn, env.id, agent_id), stored)
-
-        def reply(_: object) -> None:  # runs after every insert above committed
+        def reply() -> None:
             if failed:
                 conn.send(_store_error(failed[0], r.req, SEND_NOT_STORED))
             else:
                 conn.send(ipc.ok_reply(r.req, msg_id=obj["id"], to=connected))
 
-        node.db.submit(store.nothing, reply)
+        def stored(result: object) -> None:  # one copy is durable (its row, or its ACK)
+            nonlocal owed
+            if isinstance(result, BaseException):
+                failed.append(result)
+            owed -= 1
+            if owed == 0:
+                reply()
+
+        for agent_id in connected:
+            env, wire = envelope_mod.complete(obj, own_id=node.agent_id, to=agent_id, now_ms=now_ms)
+            node.route(env, wire, Ticket(conn, env.id, agent_id), stored)
+        if not connected:
+            node.db.submit(store.nothing, lambda _: reply())  # in order with earlier replies
         return None
 
     def cmd_subscribe(

@@ -585,7 +585,10 @@ class Node:
 
         def written(result: object) -> None:
             for done in dones:
-                done(result)
+                try:
+                    done(result)
+                except Exception:  # one callback's bug must not leave the other sends unanswered
+                    log.exception("outbox row callback failed")
 
         self.db.submit(store.insert_outbox(rows), written)
 
@@ -600,6 +603,7 @@ class Node:
                 await trio.sleep_until(next(iter(self._unwritten.values()))[2])
                 self.write_outbox_rows(trio.current_time())
         finally:
+            self.outbox_write_delay = 0.0  # a send still arriving is written at once
             self.write_outbox_rows()
 
     def _flush_drops(self) -> None:

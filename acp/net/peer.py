@@ -302,6 +302,7 @@ class Session:
         n = write_some(sock.fileno(), data)
         if n < len(data):
             self.pending, self.pending_owed = data[n:], owed
+            self.node.stats.inc("bytes_sent", n)  # the rest counts when the writer sends it
             self.wake.set()
         else:
             self._sent(n, owed)

@@ -136,6 +136,8 @@ class CipherState:
     __slots__ = ("k", "n")
 
     def __init__(self, key: bytes | None = None) -> None:
+        if key is not None and len(key) != 32:  # the direct AEAD calls read exactly 32 bytes
+            raise ValueError("a ChaCha20-Poly1305 key is 32 bytes")
         self.k = key
         self.n = 0
 

@@ -8,15 +8,19 @@ at its commit, as before: a `send` is never answered before the envelope is dura
 
 from __future__ import annotations
 
+import json
+import socket
 import sqlite3
 from pathlib import Path
 
 import trio
 import trio.testing
-from netkit import FakeNet, connect, know, know_each_other, make_node, settle
+from netkit import FakeConn, FakeNet, connect, know, know_each_other, make_node, settle
 
+from acp.net.ipc_server import IpcServer
 from acp.net.node import Node, Ticket
 from acp.proto import envelope as envelope_mod
+from acp.proto import ipc
 
 DELAY = 0.05
 
@@ -117,3 +121,47 @@ async def test_rows_still_waiting_are_written_when_the_daemon_stops(
         await settle()
         assert rows(alpha) == ["m1"]
         outer.cancel_scope.cancel()
+
+
+async def test_a_broadcast_is_answered_once_every_copy_is_durable(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, net: FakeNet, nursery: trio.Nursery
+) -> None:
+    alpha, _ = await _pair(tmp_path, net, nursery)
+    link = net.links[-1]
+    link.stall(link.server)  # beta's ACKs never arrive
+    conn = FakeConn()
+    envelope = {"kind": "notify", "payload": {"topic": "t", "data": 1}}
+    IpcServer(alpha).cmd_broadcast(
+        conn, ipc.Request("broadcast", {"envelope": envelope}, 7), nursery
+    )  # type: ignore[arg-type]
+    await settle()
+    assert conn.sent == [] and rows(alpha) == []  # neither written nor ACKed: no answer yet
+    await trio.sleep(2 * DELAY)
+    assert len(rows(alpha)) == 1
+    assert conn.sent[0]["ok"] is True and conn.sent[0]["to"] == ["beta"]
+
+
+async def test_a_client_that_half_closes_still_gets_its_send_reply(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, net: FakeNet, nursery: trio.Nursery
+) -> None:
+    alpha, _ = await _pair(tmp_path, net, nursery)
+    link = net.links[-1]
+    link.stall(link.server)
+    ours, theirs = socket.socketpair()
+    server_end = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    nursery.start_soon(IpcServer(alpha)._handle, server_end)
+    client = trio.socket.from_stdlib_socket(theirs)
+    req = {
+        "cmd": "send",
+        "to": "beta",
+        "req": 1,
+        "envelope": {"kind": "notify", "payload": {"topic": "t", "data": 1}},
+    }
+    await client.send((json.dumps(req) + "\n").encode())
+    client.shutdown(socket.SHUT_WR)  # as `nc -N` and socat do
+    data = b""
+    with trio.fail_after(5):
+        while chunk := await client.recv(65536):
+            data += chunk
+    reply = json.loads(data)
+    assert reply["ok"] is True and reply["req"] == 1 and len(rows(alpha)) == 1
