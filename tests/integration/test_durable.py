@@ -159,6 +159,27 @@ def test_queued_envelopes_survive_the_sender_restarting(fleet: Fleet) -> None:
     assert_rising(seqs_of(items))
 
 
+def test_a_send_to_a_live_peer_that_does_not_ack_survives_the_sender_dying(fleet: Fleet) -> None:
+    """The receiver is frozen (SIGSTOP): its session stays up and no ACK comes. The sender writes
+    the outbox row once its 50 ms for the ACK are over and only then answers `send`; killed right
+    after that answer, it still has the envelope, and delivers it once the receiver thaws."""
+    sender, receiver = fleet.daemon("sender"), fleet.daemon("receiver")
+    fleet.mesh(sender, receiver)
+    assert receiver.proc is not None
+    receiver.proc.send_signal(signal.SIGSTOP)
+    try:
+        with sender.client() as c:
+            reply = c.request("send", to="receiver", envelope=notify_envelope("frozen", "x"))
+        assert reply["state"] == "sending", reply  # on the live session: the delayed write
+        sender.restart(signal.SIGKILL)  # right after the `send` reply
+        assert queued(sender) == 1, "the sender lost an envelope it had answered for"
+    finally:
+        receiver.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: queued(sender) == 0, timeout=60, what="the ACK at the sender")
+    got = envelope_ids(receiver.inbox_all())
+    assert got == [reply["msg_id"]], got
+
+
 # -- 3. a flood through crashes on both sides --------------------------------------------------
 
 FLOOD = 5000
