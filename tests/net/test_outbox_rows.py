@@ -49,11 +49,17 @@ def route(node: Node, to: str, env_id: str, answered: list[str]) -> str:
     return node.route(env, wire, Ticket(None, env.id, to), done)
 
 
-async def _pair(tmp_path: Path, net: FakeNet, nursery: trio.Nursery) -> tuple[Node, Node]:
+async def _pair(
+    tmp_path: Path, net: FakeNet, nursery: trio.Nursery, *, acks: bool = True
+) -> tuple[Node, Node]:
+    """alpha, connected to beta, with the delay on; ``acks=False``: beta's ACKs never arrive."""
     alpha, beta = make_node(tmp_path, "alpha"), make_node(tmp_path, "beta")
     know_each_other(alpha, beta)
     net.listen(beta)
     await connect(nursery, alpha, beta)
+    if not acks:
+        link = net.links[-1]
+        link.stall(link.server)
     alpha.outbox_write_delay = DELAY
     nursery.start_soon(alpha.write_outbox_rows_when_due)
     return alpha, beta
@@ -76,9 +82,7 @@ async def test_an_envelope_acked_within_the_delay_is_never_written(
 async def test_without_an_ack_the_row_is_written_when_due_and_only_then_answered(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, net: FakeNet, nursery: trio.Nursery
 ) -> None:
-    alpha, _ = await _pair(tmp_path, net, nursery)
-    link = net.links[-1]
-    link.stall(link.server)  # beta's ACKs never reach alpha
+    alpha, _ = await _pair(tmp_path, net, nursery, acks=False)
     answered: list[str] = []
     t0 = trio.current_time()
     route(alpha, "beta", "m1", answered)
@@ -96,9 +100,7 @@ async def test_without_an_ack_the_row_is_written_when_due_and_only_then_answered
 async def test_a_send_to_a_peer_that_is_not_connected_writes_what_waits_first(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, net: FakeNet, nursery: trio.Nursery
 ) -> None:
-    alpha, _ = await _pair(tmp_path, net, nursery)
-    link = net.links[-1]
-    link.stall(link.server)
+    alpha, _ = await _pair(tmp_path, net, nursery, acks=False)
     know(alpha, "carol", make_node(tmp_path, "carol").identity.public_key)
     answered: list[str] = []
     route(alpha, "beta", "m1", answered)
@@ -112,9 +114,7 @@ async def test_rows_still_waiting_are_written_when_the_daemon_stops(
 ) -> None:
     async with trio.open_nursery() as outer:
         async with trio.open_nursery() as nursery:
-            alpha, _ = await _pair(tmp_path, net, nursery)
-            link = net.links[-1]
-            link.stall(link.server)
+            alpha, _ = await _pair(tmp_path, net, nursery, acks=False)
             answered: list[str] = []
             route(alpha, "beta", "m1", answered)
             nursery.cancel_scope.cancel()  # the daemon stops within the delay
@@ -126,9 +126,7 @@ async def test_rows_still_waiting_are_written_when_the_daemon_stops(
 async def test_a_broadcast_is_answered_once_every_copy_is_durable(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, net: FakeNet, nursery: trio.Nursery
 ) -> None:
-    alpha, _ = await _pair(tmp_path, net, nursery)
-    link = net.links[-1]
-    link.stall(link.server)  # beta's ACKs never arrive
+    alpha, _ = await _pair(tmp_path, net, nursery, acks=False)
     conn = FakeConn()
     envelope = {"kind": "notify", "payload": {"topic": "t", "data": 1}}
     IpcServer(alpha).cmd_broadcast(
@@ -144,9 +142,7 @@ async def test_a_broadcast_is_answered_once_every_copy_is_durable(
 async def test_a_client_that_half_closes_still_gets_its_send_reply(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, net: FakeNet, nursery: trio.Nursery
 ) -> None:
-    alpha, _ = await _pair(tmp_path, net, nursery)
-    link = net.links[-1]
-    link.stall(link.server)
+    alpha, _ = await _pair(tmp_path, net, nursery, acks=False)
     ours, theirs = socket.socketpair()
     server_end = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
     nursery.start_soon(IpcServer(alpha)._handle, server_end)
