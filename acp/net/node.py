@@ -531,9 +531,7 @@ class Node:
             return
         if ack.ok:
             self.stats.inc("acks_ok")
-            if self._never_written(entry):
-                pass
-            elif entry.row:
+            if not self._never_written(entry) and entry.row:
                 self._drop_rows.append(entry.row)
                 if len(self._drop_rows) == 1:
                     trio.lowlevel.current_trio_token().run_sync_soon(self._flush_drops)
