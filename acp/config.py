@@ -18,7 +18,7 @@ import attrs
 
 from acp.errors import ConfigError
 from acp.hooks.spec import HookSpec, parse_hooks
-from acp.model import agent_id_from_hostname, check_agent_id, decode_key
+from acp.model import agent_id_from_hostname, check_agent_id, decode_key, setting
 from acp.proto.card import AgentCard
 from acp.proto.delivery import OUTBOX_LIMIT, OUTBOX_TTL
 from acp.proto.handshake import TRUST_POLICIES
@@ -189,12 +189,7 @@ class Config:
             )
 
         def typed(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
-            if key not in data:
-                return default
-            value = data[key]
-            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-                raise ConfigError(f"{path}: {key} has the wrong type ({type(value).__name__})")
-            return value
+            return setting(data, key, kind, default, str(path))
 
         chosen_id = agent_id or env.get("ACP_AGENT_ID") or typed("agent_id", str, None)
         chosen_id = check_agent_id(chosen_id) if chosen_id else agent_id_from_hostname()

@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import re
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -27,6 +28,19 @@ KINDS = ("query", "response", "delegate", "notify")
 def is_agent_id(value: object) -> bool:
     """Whether ``value`` is a valid agent_id (docs/protocol.md §1)."""
     return isinstance(value, str) and _AGENT_ID_RE.match(value) is not None
+
+
+def setting(
+    data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any, where: str
+) -> Any:
+    """``data[key]`` from a TOML table if it has the type ``kind`` (a bool is not an int),
+    ``default`` if absent; ConfigError naming ``where`` otherwise."""
+    if key not in data:
+        return default
+    value = data[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{where}: {key} has the wrong type ({type(value).__name__})")
+    return value
 
 
 def check_agent_id(value: object, *, what: str = "agent_id") -> str:

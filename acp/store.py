@@ -38,6 +38,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -47,6 +48,7 @@ import trio
 from acp.config import DURABILITY
 from acp.errors import ConfigError
 from acp.model import decode_key, encode_key, is_agent_id
+from acp.proto.handshake import EXPLICIT_SOURCES  # pins the user made: never pruned
 
 if TYPE_CHECKING:
     from acp.net.eager import EagerWrites
@@ -171,7 +173,6 @@ class PeerRecord:
         )
 
 
-USER_SOURCES = ("static", "manual")  # pins the user made (verified ones too): never pruned
 MAX_FLOORS = 4096  # replay floors of keys no longer pinned
 
 
@@ -278,7 +279,7 @@ class PeerStore:
         push out a real peer that is offline, and then claim its agent_id.
         """
         for agent_id, rec in self._peers.items():
-            if rec.pubkey is None or rec.source in USER_SOURCES or rec.is_verified:
+            if rec.pubkey is None or rec.source in EXPLICIT_SOURCES or rec.is_verified:
                 continue
             if rec.proven or (rec.proven is None and (rec.last_seen or rec.ts_accepted)):
                 continue  # (None: pinned before acp kept `proven`, and it had a session)
@@ -661,10 +662,7 @@ class Database:
             pass
 
     def _callbacks(self, calls: list[tuple[Callable[[Any], None], Any]]) -> None:
-        if self.callbacks_in is None:
-            _deliver(calls)
-            return
-        with self.callbacks_in:
+        with self.callbacks_in or nullcontext():
             _deliver(calls)
 
     # -- jobs (run in the store thread) ------------------------------------------------------

@@ -24,6 +24,7 @@ from acp.hooks import schedule, transport
 from acp.hooks.schedule import Counters, Pending, Run, Schedule
 from acp.hooks.spec import HookSpec
 from acp.model import fingerprint
+from acp.proto import ipc
 from acp.proto.inbox import Item
 from acp.text import for_model, one_line
 
@@ -85,7 +86,7 @@ class Hooks:
     def __init__(self, node: Node, specs: tuple[HookSpec, ...], env: Mapping[str, str]) -> None:
         """Check the specs against the environment; ConfigError names what is missing."""
         self.node = node
-        self.env = dict(env)
+        env = dict(env)
         if any(s.is_http for s in specs):
             try:
                 import httpx  # noqa: F401
@@ -94,11 +95,11 @@ class Hooks:
                     "config.toml has http or openclaw [[hooks]], which need httpx: "
                     "pipx install 'acp-daemon[hooks]' (or: pipx inject acp-daemon httpx)"
                 ) from None
-        self.hooks = {s.name: Hook(s, s.secrets(self.env), Counters()) for s in specs}
+        self.hooks = {s.name: Hook(s, s.secrets(env), Counters()) for s in specs}
         # exec children read what peers wrote: they get the daemon's environment without the
         # variables any hook takes a secret from
         secret_names = set().union(*(s.env_names() for s in specs))
-        self.child_env = {k: v for k, v in self.env.items() if k not in secret_names}
+        self.child_env = {k: v for k, v in env.items() if k not in secret_names}
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -209,11 +210,11 @@ class Hooks:
                 "ACP_COALESCED": str(count),
             }
             env = transport.exec_env(self.child_env, extra)
-            return await transport.run_exec(spec, transport.body_json(obj) + b"\n", env)
+            return await transport.run_exec(spec, ipc.encode(obj), env)
         if spec.type == "openclaw":
-            body = transport.body_json(self._openclaw_body(spec, item, obj, count))
+            body = ipc.encode(self._openclaw_body(spec, item, obj, count))[:-1]
         else:
-            body = transport.body_json(obj)
+            body = ipc.encode(obj)[:-1]
         if hook.client is None:
             hook.client = transport.new_http_client()
         return await transport.run_http(spec, hook.client, hook.headers, body, item.msg_id)

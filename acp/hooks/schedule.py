@@ -64,10 +64,6 @@ class Run:
     started: float
     handed_over: int = 0  # the seq of the item the run hands over (the newest still unread)
 
-    @property
-    def newest(self) -> Pending:
-        return self.items[-1]
-
 
 @attrs.define
 class Counters:

@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 import attrs
 
 from acp.errors import ConfigError
-from acp.model import KINDS, is_agent_id
+from acp.model import KINDS, is_agent_id, setting
+from acp.proto.inbox import EVENT as EVENT_KIND  # an `undelivered` outcome item (§8.1)
 
 TYPES = ("http", "openclaw", "exec")
-EVENT_KIND = "event"  # the kind of an `undelivered` outcome item (docs/protocol.md §8.1)
 OPENCLAW_URL = "http://127.0.0.1:18789"
 OPENCLAW_PATH = "/hooks/agent"
 WAKE_MODES = ("now", "next-heartbeat")
@@ -167,15 +167,13 @@ def _parse_one(data: object, where: str) -> HookSpec:
         )
 
     def get(key: str, types: type | tuple[type, ...], default: Any) -> Any:
-        if key not in data:
-            return default
-        value = data[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
-            raise ConfigError(f"{where}: {key} has the wrong type ({type(value).__name__})")
-        return value
+        return setting(data, key, types, default, where)
 
     def seconds(key: str, default: float, *, zero: bool = False) -> float:
-        value = float(get(key, (int, float), default))
+        try:
+            value = float(get(key, (int, float), default))
+        except OverflowError:  # an integer too large for a float: out of range below
+            value = math.inf
         if math.isnan(value) or value < 0 or (value == 0 and not zero) or value > 7 * 86400:
             least = "0" if zero else "above 0"
             raise ConfigError(f"{where}: {key} must be {least} and at most a week (seconds)")
@@ -233,13 +231,13 @@ def _parse_one(data: object, where: str) -> HookSpec:
     url = get("url", str, default_url)
     if url is None:
         raise ConfigError(f"{where}: url is required for an http hook")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}: url must be an http:// or https:// URL with a host")
-    try:
-        parts.port  # noqa: B018  (it checks the port: 0..65535, digits)
+    try:  # urlsplit refuses a bad [IPv6] host, .port a port that is not 0..65535 in digits
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port
     except ValueError as exc:
         raise ConfigError(f"{where}: url: {exc}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(f"{where}: url must be an http:// or https:// URL with a host")
     if "${" in url:
         raise ConfigError(f"{where}: url cannot name environment variables; use headers")
     fields["url"] = url

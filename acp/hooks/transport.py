@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import json
 import math
 import os
 import re
@@ -274,6 +273,3 @@ def exec_env(base: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
     """The daemon's environment and the ``ACP_*`` variables; nothing may hold a NUL."""
     return {**base, **{k: v.replace("\0", "\\x00") for k, v in extra.items()}}
 
-
-def body_json(item: dict[str, Any]) -> bytes:
-    return json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()

@@ -148,28 +148,27 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
         raise hs.Refused(
             hs.TOO_MANY, f"{cap} sessions up (max_sessions): no room for a new peer"
         )
-    if (pin or rec is None or rec.pubkey is None) and not node.make_room_for_pin(hello.agent_id):
-        raise hs.Refused(
-            hs.TOO_MANY,
-            f"{node.config.max_pins} keys pinned (max_pins), none of them an unproven first "
-            f"contact that could make room for {hello.agent_id!r}",
-        )
-    if pin:
-        node.store.pin(hello.agent_id, key)
-        node.store.update(hello.agent_id, proven=False)  # until a session of it lasts
-        # one line per source per minute: a host that invents identities must not flood the log
-        node.log_limiter.log(
-            log,
-            logging.INFO,
-            ("pinned", source_of(host or "?")),
-            "peer %s: pinned its key on first contact (trust = %s)",
-            hello.agent_id,
-            node.config.trust,
-        )
-    elif rec is None or rec.pubkey is None:
-        # a key held but not pinned (mDNS): pin it, or the ts_accepted below is ignored next time
+    if rec is None or rec.pubkey is None:
+        # First contact (``pin``: no key held at all), or a key announced by mDNS but not pinned
+        # yet: pin it now, or the ts_accepted below is ignored next time. Unproven until a
+        # session of it lasts.
+        if not node.make_room_for_pin(hello.agent_id):
+            raise hs.Refused(
+                hs.TOO_MANY,
+                f"{node.config.max_pins} keys pinned (max_pins), none of them an unproven first "
+                f"contact that could make room for {hello.agent_id!r}",
+            )
         node.store.pin(hello.agent_id, key)
         node.store.update(hello.agent_id, proven=False)
+        if pin:  # one line per source per minute: a host inventing identities must not flood it
+            node.log_limiter.log(
+                log,
+                logging.INFO,
+                ("pinned", source_of(host or "?")),
+                "peer %s: pinned its key on first contact (trust = %s)",
+                hello.agent_id,
+                node.config.trust,
+            )
     node.store.update(hello.agent_id, ts_accepted=hello.ts)
     if hello.port is not None and host is not None:
         node.store.update(hello.agent_id, host=host, port=hello.port)
@@ -181,7 +180,7 @@ async def answer(node: Node, stream: trio.abc.Stream, slot: Slot | None = None) 
     else:
         if peer.pubkey is None:
             peer.pubkey = key
-        if hello.port is not None and host is not None and peer.source not in ("static", "manual"):
+        if hello.port is not None and host is not None and peer.source not in hs.EXPLICIT_SOURCES:
             peer.host, peer.port = host, hello.port
     msg2, keys = noise.write_message_2(hs.welcome_payload(node.agent_id))
     await stream.send_all(encode_frame(msg2))

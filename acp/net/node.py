@@ -295,7 +295,7 @@ class Node:
             peer.pubkey = pubkey
         moved = (host, port) != (peer.host, peer.port) or boot != peer.boot
         peer.boot = boot
-        if peer.source not in ("static", "manual"):
+        if peer.source not in hs.EXPLICIT_SOURCES:
             peer.host, peer.port, peer.source = host, port, "mdns"
         if peer.connected:
             return
@@ -359,7 +359,7 @@ class Node:
         """Drop peers neither refreshed by mDNS nor connected for ``after`` seconds (§2)."""
         now = trio.current_time()
         for peer in list(self.peers.values()):
-            if peer.source in ("static", "manual") or peer.connected or len(peer.outbox):
+            if peer.source in hs.EXPLICIT_SOURCES or peer.connected or len(peer.outbox):
                 continue
             if peer.said_goodbye:
                 log.info("peer %s: said goodbye (mDNS) and has no session: dropped", peer.agent_id)
@@ -429,12 +429,15 @@ class Node:
     def save_peers(self) -> None:
         """Write the peer rows changed since the last call (in the background)."""
         if self.store.dirty:
-            changes = store.save_peers(self.store.changes(), self.store.table_changes())
-            self.db.submit(changes, self._store_failed)
+            self.db.submit(self._peer_rows(), self._store_failed)
 
     async def persist_peers(self) -> None:
         """Write the changed peer rows and wait for the commit (handshake ``ts``, §4)."""
-        await self.db.call(store.save_peers(self.store.changes(), self.store.table_changes()))
+        await self.db.call(self._peer_rows())
+
+    def _peer_rows(self) -> Callable[[Any], None]:
+        """The job that writes what changed in the peer table (rows, key floors, blocks)."""
+        return store.save_peers(self.store.changes(), self.store.table_changes())
 
     def _store_failed(self, result: object) -> None:
         if isinstance(result, BaseException):
@@ -844,7 +847,7 @@ class Node:
                     f"more): run `acp verify {agent_id}` again once a new session is up",
                 )
             self.store.update(agent_id, verified=key)
-            self.db.submit(store.save_peers(self.store.changes(), self.store.table_changes()), done)
+            self.db.submit(self._peer_rows(), done)
             log.info("peer %s: key %s verified by the user", agent_id, fingerprint(key))
         return {
             "agent_id": agent_id,

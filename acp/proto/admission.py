@@ -62,7 +62,6 @@ class Admission:
         self.per_source = per_source
         self._slots: dict[Slot, None] = {}  # insertion order is age order
         self.by_source: dict[str, int] = {}
-        self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -76,7 +75,6 @@ class Admission:
             if victim is None:
                 return None  # every slot is a known peer's handshake
             self.release(victim)
-            self.evicted += 1
             victim.cancel()
         slot = Slot(source, now, cancel)
         self._slots[slot] = None

@@ -199,7 +199,7 @@ def check_route(env: Envelope, *, session_peer: str, own_id: str) -> None:
 
 # Encoders built once: json.dumps with keyword arguments builds a new encoder on every call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-_COMPACT_STRICT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_COMPACT_STRICT = peerjson.COMPACT  # the same as what peers' envelopes are re-serialised with
 _ASCII = json.JSONEncoder(separators=(",", ":"))
 _ASCII_STRICT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 

@@ -21,7 +21,7 @@ from collections import Counter
 from typing import Any
 
 # Built once: json.dumps with keyword arguments builds a new encoder on every call.
-_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class NotStrictJSON(ValueError):
@@ -38,7 +38,7 @@ def loads(data: bytes) -> tuple[Any, bytes]:
     text = data.decode("utf-8")
     value = _STRICT.decode(text)
     try:
-        compact = _COMPACT.encode(value).encode("utf-8")
+        compact = COMPACT.encode(value).encode("utf-8")
     except UnicodeEncodeError:  # raw UTF-8 cannot carry a surrogate: it came from a \u escape
         raise NotStrictJSON("a lone UTF-16 surrogate (a \\ud800-\\udfff escape)") from None
     except ValueError:  # allow_nan=False: a float that is infinite after parsing (1e400)
@@ -60,6 +60,6 @@ def _no_constant(name: str) -> float:
     raise NotStrictJSON(f"{name} is not JSON")
 
 
-# Built once, like _COMPACT: json.loads with keyword arguments builds a decoder on every call.
+# Built once, like COMPACT: json.loads with keyword arguments builds a decoder on every call.
 _STRICT = json.JSONDecoder(parse_constant=_no_constant)
 _NO_DUPLICATES = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_no_duplicates)

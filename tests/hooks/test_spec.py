@@ -79,6 +79,7 @@ def test_secrets_come_from_the_environment_and_a_missing_one_is_named() -> None:
         ({"name": "h", "type": "exec", "argv": ["x"], "from": ["not an id"]}, "not an agent_id"),
         ({"name": "h", "type": "exec", "argv": ["x"], "timeout": 0}, "timeout must be above 0"),
         ({"name": "h", "type": "exec", "argv": ["x"], "timeout": float("nan")}, "timeout"),
+        ({"name": "h", "type": "exec", "argv": ["x"], "timeout": 10**400}, "at most a week"),
         ({"name": "h", "type": "exec", "argv": ["x"], "coalesce": -1}, "coalesce"),
         ({"name": "h", "type": "exec", "argv": ["x"], "concurrency": 0}, "concurrency"),
         ({"name": "h", "type": "exec", "argv": ["x"], "ack": "yes"}, "wrong type"),
@@ -111,7 +112,7 @@ def test_secret_values_must_be_header_safe_and_are_never_quoted() -> None:
     assert one(name="o", type="openclaw", token_env="OC").env_names() == {"OC"}
 
 
-@pytest.mark.parametrize("url", ["http://h:abc/", "http://h:99999/"])
-def test_a_bad_port_is_a_config_error(url: str) -> None:
+@pytest.mark.parametrize("url", ["http://h:abc/", "http://h:99999/", "http://[::1", "http://[zz]/"])
+def test_a_bad_port_or_host_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match="url"):
         one(name="h", type="http", url=url)

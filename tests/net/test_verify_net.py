@@ -57,6 +57,13 @@ def request(node: Node, nursery: trio.Nursery, cmd: str, **args: Any) -> dict[st
     return reply
 
 
+async def alpha_dials_beta(net: FakeNet, nursery: trio.Nursery, alpha: Node, beta: Node) -> None:
+    """alpha knows beta (static) and dials it; the session is up."""
+    know(alpha, "beta", beta.identity.public_key)
+    net.listen(beta)
+    await connect(nursery, alpha, beta)
+
+
 async def verify(node: Node, nursery: trio.Nursery, agent_id: str, **args: Any) -> dict[str, Any]:
     conn = FakeConn()
     line = json.dumps({"cmd": "verify", "agent_id": agent_id, "req": 7, **args}).encode()
@@ -176,9 +183,7 @@ async def test_confirm_records_verified_durably_until_the_key_changes(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, net: FakeNet, nursery: trio.Nursery
 ) -> None:
     alpha, beta = make_node(tmp_path, "alpha"), make_node(tmp_path, "beta")
-    know(alpha, "beta", beta.identity.public_key)
-    net.listen(beta)
-    await connect(nursery, alpha, beta)
+    await alpha_dials_beta(net, nursery, alpha, beta)
     inbox = FakeConn()
     beta.subscribe(inbox)
     send(alpha, "beta", "before")
@@ -225,9 +230,7 @@ async def test_forget_and_a_new_pin_are_not_verified(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, net: FakeNet, nursery: trio.Nursery
 ) -> None:
     alpha, beta = make_node(tmp_path, "alpha"), make_node(tmp_path, "beta")
-    know(alpha, "beta", beta.identity.public_key)
-    net.listen(beta)
-    await connect(nursery, alpha, beta)
+    await alpha_dials_beta(net, nursery, alpha, beta)
     await verify(beta, nursery, "alpha", confirm=True)
     assert beta.trust_of("alpha") == "verified"
 
@@ -273,9 +276,9 @@ async def test_trust_verified_refuses_a_tofu_key_and_takes_a_verified_one(
 ) -> None:
     alpha = make_node(tmp_path, "alpha")
     beta = make_node(tmp_path, "beta", trust="verified")
-    know(alpha, "beta", beta.identity.public_key)
-    net.listen(beta)
-    await connect(nursery, alpha, beta)  # the session comes up: the key is pinned, as tofu
+    await alpha_dials_beta(
+        net, nursery, alpha, beta
+    )  # the session comes up: the key is pinned, as tofu
     assert beta.trust_of("alpha") == "tofu" and beta.peers["alpha"].connected
     inbox, sender = FakeConn(), FakeConn()
     beta.subscribe(inbox)
@@ -323,9 +326,7 @@ async def test_trust_verified_takes_a_key_pinned_with_acp_trust(
     alpha = make_node(tmp_path, "alpha")
     beta = make_node(tmp_path, "beta", trust="verified")
     assert request(beta, nursery, "trust", agent_id="alpha", pubkey=alpha.identity.public_b64)["ok"]
-    know(alpha, "beta", beta.identity.public_key)
-    net.listen(beta)
-    await connect(nursery, alpha, beta)
+    await alpha_dials_beta(net, nursery, alpha, beta)
     inbox = FakeConn()
     beta.subscribe(inbox)
     send(alpha, "beta", "named")
