@@ -184,14 +184,18 @@ class Hooks:
             hook.poke()
             return
         run.handed_over = newest.seq
-        try:
-            result = await self.call(hook, newest, len(run.items))
-        except Exception as exc:  # a bug here must not take the daemon down
-            log.error("hook %s: run failed: %s", hook.spec.name, type(exc).__name__)
-            error = f"internal error: {type(exc).__name__}"  # (a repr may quote a secret)
-            result = transport.Result(schedule.GIVE_UP, error=error)
+        result = await self._guarded(hook, newest, len(run.items), "run")
         self._finished(hook, run, result)
         hook.poke()
+
+    async def _guarded(self, hook: Hook, item: Item, count: int, what: str) -> transport.Result:
+        """``call``, where a bug gives up on that run instead of taking the daemon down."""
+        try:
+            return await self.call(hook, item, count)
+        except Exception as exc:
+            log.error("hook %s: %s failed: %s", hook.spec.name, what, type(exc).__name__)
+            error = f"internal error: {type(exc).__name__}"  # (a repr may quote a secret)
+            return transport.Result(schedule.GIVE_UP, error=error)
 
     async def call(self, hook: Hook, item: Item, count: int) -> transport.Result:
         """Hand ``item`` (standing for ``count`` envelopes) to the hook, once."""
@@ -340,12 +344,7 @@ class Hooks:
             trust="explicit",
             body=json.dumps(envelope, separators=(",", ":")).encode(),
         )
-        try:
-            result = await self.call(hook, item, 1)
-        except Exception as exc:
-            log.error("hook %s: test failed: %s", name, type(exc).__name__)
-            error = f"internal error: {type(exc).__name__}"
-            result = transport.Result(schedule.GIVE_UP, error=error)
+        result = await self._guarded(hook, item, 1, "test")
         log.info(
             "hook %s: test %s",
             name,

@@ -238,21 +238,15 @@ async def _drain(proc: trio.Process, output: bytearray) -> None:
 
 
 async def _kill_group(proc: trio.Process) -> None:
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, KILL_GRACE)):
+    """SIGTERM to the hook's process group, SIGKILL after KILL_GRACE (also when the leader left
+    in time: its children may not have), and up to KILL_GRACE more for the leader to go."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-        with trio.move_on_after(wait):
+        with trio.move_on_after(KILL_GRACE):
             await proc.wait()
-            if sig == signal.SIGKILL:
-                return
-            # the leader is gone; its group may not be: make sure
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            return
 
 
 async def _close(proc: trio.Process) -> None:
